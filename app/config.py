@@ -1,0 +1,286 @@
+"""Load the gateway's YAML configuration into frozen, validated models.
+
+The file may hold `${VAR}` and `${VAR:-default}` anywhere in a value; they are
+filled from the environment, so no secret has to live in the file. Every error
+names its place (`models.gpt-4o[1].resource: unknown resource 'westus'`) and is
+raised as one `ConfigError` listing all of them; nothing here prints or exits.
+
+With no file, `config_from_env` builds the classic single-resource setup from
+`AZURE_OPENAI_*` variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+)
+
+DEFAULT_PATH = Path("config/gateway.yaml")
+DEFAULT_API_VERSION = "2024-10-21"
+ENV_CONFIG = "AOAI_GATEWAY_CONFIG"
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PLACEHOLDER = re.compile(r"__aoai_env_(\d+)__")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str], source: str = "config") -> None:
+        self.errors = errors
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+    def render(self) -> str:
+        lines = [f"invalid configuration ({self.source}):"]
+        lines += [f"  - {e}" for e in self.errors]
+        return "\n".join(lines)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayKey(_Model):
+    name: str = Field(min_length=1)
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    models: tuple[str, ...] | None = None
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    admin: bool = False
+
+
+class GatewaySettings(_Model):
+    keys: tuple[GatewayKey, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+
+
+Api = Literal["v1", "legacy"]
+
+
+class Resource(_Model):
+    endpoint: str = Field(pattern=r"^https?://[^\s/]+")
+    keys: tuple[SecretStr, ...] = Field(min_length=1)
+    api: Api = "v1"
+    api_version: str | None = None
+
+
+def _shorthand(value: Any) -> Any:
+    """Accept `"eastus/gpt-4o"` for `{resource: eastus, deployment: gpt-4o}`."""
+    if isinstance(value, str):
+        resource, sep, deployment = value.partition("/")
+        if not sep or not resource or not deployment:
+            raise ValueError("expected 'resource/deployment' or a mapping")
+        return {"resource": resource, "deployment": deployment}
+    return value
+
+
+class Deployment(_Model):
+    resource: str
+    deployment: str = Field(min_length=1)
+    api: Api | None = None
+    api_version: str | None = None
+    priority: int = 0
+    weight: float | None = Field(default=None, gt=0)  # None: list order within the priority
+    reasoning: bool | None = None
+
+
+DeploymentEntry = Annotated[Deployment, BeforeValidator(_shorthand)]
+
+
+class Routing(_Model):
+    first_byte_timeout: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1)
+    cooldown: float = Field(default=30.0, ge=0)
+    rejected_key_ttl: float = Field(default=300.0, ge=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+
+
+class State(_Model):
+    redis_url: str | None = None
+    path: str | None = None
+
+
+class Config(_Model):
+    gateway: GatewaySettings = GatewaySettings()
+    resources: dict[str, Resource] = Field(default_factory=dict)
+    models: dict[str, tuple[DeploymentEntry, ...]] = Field(default_factory=dict)
+    routing: Routing = Routing()
+    state: State = State()
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def resolve_path(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
+    """Which file to read: `--config`, else `$AOAI_GATEWAY_CONFIG`, else the default if present."""
+    if cli_path:
+        return Path(cli_path)
+    if environ.get(ENV_CONFIG):
+        return Path(environ[ENV_CONFIG])
+    return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, interpolate and validate one YAML file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"], str(path)) from None
+    return parse(text, os.environ if environ is None else environ, source=str(path))
+
+
+def parse(text: str, environ: Mapping[str, str], source: str = "config") -> Config:
+    # `${VAR}` is not a valid plain scalar inside YAML flow collections
+    # (`keys: [${K1}, ${K2}]`), so each one is swapped for a placeholder
+    # before parsing and filled in afterwards, where its place is known.
+    refs: list[tuple[str, str | None]] = []
+
+    def swap(m: re.Match[str]) -> str:
+        refs.append((m.group(1), m.group(2)))
+        return f"__aoai_env_{len(refs) - 1}__"
+
+    try:
+        raw = yaml.safe_load(_VAR.sub(swap, text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"not valid YAML{where}: {problem}"], source) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["the top level must be a mapping"], source)
+    errors: list[str] = []
+    filled = _fill(raw, (), refs, environ, errors)
+    if errors:
+        raise ConfigError(errors, source)
+    return validate(filled, source)
+
+
+def _fill(
+    node: Any,
+    loc: tuple[str | int, ...],
+    refs: list[tuple[str, str | None]],
+    environ: Mapping[str, str],
+    errors: list[str],
+) -> Any:
+    if isinstance(node, dict):
+        return {k: _fill(v, (*loc, str(k)), refs, environ, errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, (*loc, i), refs, environ, errors) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "__aoai_env_" not in node:
+        return node
+
+    def value(m: re.Match[str]) -> str:
+        name, default = refs[int(m.group(1))]
+        got = environ.get(name)
+        if got is None or (got == "" and default is not None):
+            if default is not None:
+                return default
+            errors.append(f"{name} is not set ({format_loc(loc)})")
+            return ""
+        return got
+
+    return _PLACEHOLDER.sub(value, node)
+
+
+def format_loc(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def validate(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_pydantic_error(e) for e in exc.errors()], source) from None
+    errors = check_references(config)
+    if errors:
+        raise ConfigError(errors, source)
+    return config
+
+
+def _pydantic_error(err: Any) -> str:
+    # Drop pydantic's internal steps (function-before[...]) from the location.
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p and "(" in p))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling)"
+    elif err["type"] == "missing":
+        msg = "is required"
+    return f"{format_loc(loc)}: {msg}"
+
+
+def check_references(config: Config) -> list[str]:
+    """Cross-field rules pydantic cannot see one field at a time."""
+    errors: list[str] = []
+    seen_names: set[str] = set()
+    for i, key in enumerate(config.gateway.keys):
+        where = f"gateway.keys[{i}]"
+        if (key.key is None) == (key.key_sha256 is None):
+            errors.append(f"{where}: give exactly one of 'key' or 'key_sha256'")
+        if key.key is not None and not key.key.get_secret_value():
+            errors.append(f"{where}.key: is empty")
+        if key.name in seen_names:
+            errors.append(f"{where}.name: duplicate key name '{key.name}'")
+        seen_names.add(key.name)
+    for name, res in config.resources.items():
+        for i, k in enumerate(res.keys):
+            if not k.get_secret_value():
+                errors.append(f"resources.{name}.keys[{i}]: is empty")
+    for model, entries in config.models.items():
+        if not entries:
+            errors.append(f"models.{model}: needs at least one deployment")
+        for i, dep in enumerate(entries):
+            if dep.resource not in config.resources:
+                errors.append(f"models.{model}[{i}].resource: unknown resource '{dep.resource}'")
+    return errors
+
+
+# --- the classic single-resource setup from the environment -------------------
+
+
+def config_from_env(environ: Mapping[str, str]) -> Config | None:
+    """`AZURE_OPENAI_ENDPOINT` + key(s) + deployments, or None when not set."""
+    endpoint = environ.get("AZURE_OPENAI_ENDPOINT")
+    if not endpoint:
+        return None
+    errors = []
+    keys = [environ.get("AZURE_OPENAI_API_KEY", ""), environ.get("AZURE_OPENAI_API_KEY_2", "")]
+    keys = [k for k in keys if k]
+    if not keys:
+        errors.append("AZURE_OPENAI_API_KEY is not set (AZURE_OPENAI_ENDPOINT is)")
+    names = [d.strip() for d in environ.get("AZURE_OPENAI_DEPLOYMENTS", "").split(",") if d.strip()]
+    if not names:
+        errors.append("AZURE_OPENAI_DEPLOYMENTS is not set: a comma list of deployment names")
+    if errors:
+        raise ConfigError(errors, "environment")
+    version = environ.get("AZURE_OPENAI_API_VERSION")
+    resource: dict[str, Any] = {"endpoint": endpoint, "keys": keys, "api": "v1"}
+    if version:
+        resource.update(api="legacy", api_version=version)
+    data = {
+        "resources": {"azure": resource},
+        "models": {n: [{"resource": "azure", "deployment": n}] for n in names},
+    }
+    return validate(data, "environment")

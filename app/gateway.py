@@ -1,0 +1,67 @@
+"""`Gateway`: one configuration generation, everything a request needs.
+
+Built once per (re)load from a validated `Config`. Long-lived parts - the
+upstream client, the state backend, metrics, usage - are handed in by the
+server and survive reloads; a request keeps the `Gateway` it started with,
+so a reload never changes the rules under a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.auth import KeyTable
+from app.config import Config
+from app.failover import Policy
+from app.metrics import Metrics
+from app.routing import Target, build_table
+from app.state import State
+from app.upstream import Timeouts, Upstream
+from app.usage import Usage
+
+
+@dataclass(slots=True)
+class Services:
+    """What outlives a configuration: created at startup, closed at shutdown."""
+
+    upstream: Upstream
+    state: State
+    metrics: Metrics
+    usage: Usage
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run bookkeeping after the response without holding it up."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+class Gateway:
+    def __init__(self, config: Config, services: Services, rng: random.Random | None = None):
+        self.config = config
+        self.services = services
+        self.keys = KeyTable(config.gateway.keys)
+        self.table: dict[str, tuple[Target, ...]] = build_table(config)
+        r = config.routing
+        self.policy = Policy(
+            max_attempts=r.max_attempts,
+            cooldown=r.cooldown,
+            rejected_key_ttl=r.rejected_key_ttl,
+            timeouts=Timeouts(connect=r.connect_timeout, read=r.first_byte_timeout),
+        )
+        self.max_body = config.gateway.max_body_bytes
+        self.rng = rng or random.Random()
+
+    def cooling_view(self, now: float) -> Iterable[tuple[str, str, bool]]:
+        """(resource, deployment, cooling) for every deployment in the table."""
+        seen: set[str] = set()
+        for targets in self.table.values():
+            for t in targets:
+                if t.id not in seen:
+                    seen.add(t.id)
+                    yield t.resource, t.deployment, self.services.state.cooling_until(t.id) > now

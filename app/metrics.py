@@ -1,0 +1,151 @@
+"""Prometheus metrics, low-cardinality labels, key names never key values.
+
+Names are a contract (dashboards depend on them):
+
+    aoai_gateway_requests_total{model,key,status}
+    aoai_gateway_upstream_requests_total{resource,deployment,status}
+    aoai_gateway_tokens_total{key,model,type}
+    aoai_gateway_request_duration_seconds{model}
+    aoai_gateway_time_to_first_token_seconds{model}
+    aoai_gateway_failovers_total{reason}
+    aoai_gateway_deployment_cooling{resource,deployment}
+    aoai_gateway_state_backend_up{backend}
+
+With several uvicorn workers, `serve` sets PROMETHEUS_MULTIPROC_DIR before the
+workers start and `/metrics` aggregates every worker's counters
+(prometheus-client's multiprocess mode). The cooling gauge is read from the
+state at scrape time, so it is exact with Redis and per-worker without it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from app.routing import Target
+
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+CoolingSource = Callable[[float], Iterable[tuple[str, str, bool]]]
+
+
+class _CoolingCollector:
+    def __init__(self, source: Callable[[], CoolingSource | None]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "aoai_gateway_deployment_cooling",
+            "1 while a deployment sits out after a 429, 5xx or timeout",
+            labels=["resource", "deployment"],
+        )
+        source = self._source()
+        if source is not None:
+            for resource, deployment, cooling in source(time.time()):
+                family.add_metric([resource, deployment], 1.0 if cooling else 0.0)
+        yield family
+
+
+class Metrics:
+    def __init__(self, cooling: Callable[[], CoolingSource | None] = lambda: None) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "aoai_gateway_requests", "Requests answered", ["model", "key", "status"], registry=r
+        )
+        self.upstream_requests = Counter(
+            "aoai_gateway_upstream_requests",
+            "Upstream attempts by outcome (HTTP status, timeout, connect_error)",
+            ["resource", "deployment", "status"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "aoai_gateway_tokens", "Tokens reported by Azure", ["key", "model", "type"], registry=r
+        )
+        self.duration = Histogram(
+            "aoai_gateway_request_duration_seconds",
+            "Time from request to the last byte",
+            ["model"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "aoai_gateway_time_to_first_token_seconds",
+            "Time from request to the first byte of the answer",
+            ["model"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.failovers = Counter(
+            "aoai_gateway_failovers", "Moves to the next key or deployment", ["reason"], registry=r
+        )
+        self.backend_up = Gauge(
+            "aoai_gateway_state_backend_up",
+            "1 while the shared state backend answers",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self._cooling = _CoolingCollector(cooling)
+        if self.multiprocess:
+            self._exposition = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(self._exposition)  # type: ignore[no-untyped-call]
+        else:
+            self._exposition = r
+        self._exposition.register(self._cooling)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    # hot-path recording: label children cached by their label tuple
+    def request(
+        self, model: str, key: str, status: int, duration: float, ttft: float | None
+    ) -> None:
+        child = self._children.get(("r", model, key, status))
+        if child is None:
+            child = self._children[("r", model, key, status)] = self.requests.labels(
+                model, key, str(status)
+            )
+        child.inc()
+        hist = self._children.get(("d", model))
+        if hist is None:
+            hist = self._children[("d", model)] = self.duration.labels(model)
+        hist.observe(duration)
+        if ttft is not None:
+            hist = self._children.get(("t", model))
+            if hist is None:
+                hist = self._children[("t", model)] = self.ttft.labels(model)
+            hist.observe(ttft)
+
+    def upstream(self, target: Target, status: str) -> None:
+        key = ("u", target.resource, target.deployment, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.upstream_requests.labels(
+                target.resource, target.deployment, status
+            )
+        child.inc()
+
+    def failover(self, reason: str) -> None:
+        self.failovers.labels(reason).inc()
+
+    def add_tokens(self, key: str, model: str, counts: dict[str, int]) -> None:
+        for kind, n in counts.items():
+            if n:
+                self.tokens.labels(key, model, kind.removesuffix("_tokens")).inc(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self._exposition)

@@ -1,0 +1,121 @@
+"""Public model name -> the deployments that may serve it, in the order to try.
+
+`build_table` turns the validated config into frozen `Target`s with their URL
+precomputed, so the hot path does no string work. `order` is the pure routing
+decision: lowest priority first, weighted random within a priority, and
+deployments still cooling down left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from app import azure
+from app.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamKey:
+    """One Azure key. `id` is a short hash: safe to log, store and share."""
+
+    id: str
+    value: str = ""
+
+    def __repr__(self) -> str:
+        return f"UpstreamKey({self.id})"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    model: str
+    resource: str
+    deployment: str
+    api: str
+    api_version: str | None
+    url: str
+    keys: tuple[UpstreamKey, ...]
+    priority: int = 0
+    weight: float = 1.0
+    weighted: bool = False  # an explicit weight: draw at random within the priority
+    reasoning: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.resource}/{self.deployment}"
+
+
+def key_id(resource: str, value: str) -> str:
+    digest = hashlib.sha256(f"{resource}\0{value}".encode()).hexdigest()
+    return f"{resource}#{digest[:12]}"
+
+
+def build_table(config: Config) -> dict[str, tuple[Target, ...]]:
+    table: dict[str, tuple[Target, ...]] = {}
+    for model, entries in config.models.items():
+        targets = []
+        for dep in entries:
+            res = config.resources[dep.resource]
+            api = dep.api or res.api
+            version = dep.api_version or res.api_version
+            if api == "legacy" and not version:
+                version = azure.LEGACY_API_VERSION
+            keys = tuple(
+                UpstreamKey(key_id(dep.resource, k.get_secret_value()), k.get_secret_value())
+                for k in res.keys
+            )
+            reasoning = dep.reasoning
+            if reasoning is None:
+                reasoning = azure.is_reasoning(dep.deployment) or azure.is_reasoning(model)
+            targets.append(
+                Target(
+                    model=model,
+                    resource=dep.resource,
+                    deployment=dep.deployment,
+                    api=api,
+                    api_version=version if api == "legacy" else None,
+                    url=azure.chat_url(res.endpoint, api, dep.deployment, version),
+                    keys=keys,
+                    priority=dep.priority,
+                    weight=dep.weight or 1.0,
+                    weighted=dep.weight is not None,
+                    reasoning=reasoning,
+                )
+            )
+        table[model] = tuple(targets)
+    return table
+
+
+def order(
+    targets: Sequence[Target],
+    cooling_until: Callable[[str], float],
+    now: float,
+    rng: random.Random | None = None,
+) -> tuple[list[Target], float | None]:
+    """Targets to try, best first, and when the first cooling one recovers.
+
+    Within a priority where some target has an explicit `weight`, targets are
+    drawn without replacement with probability proportional to their weight
+    (Efraimidis-Spirakis keys); elsewhere list order is preference order.
+    """
+    ready: list[tuple[int, float, int, Target]] = []
+    recovers: float | None = None
+    draw = (rng or random).random
+    weighted = {t.priority for t in targets if t.weighted}
+    for index, target in enumerate(targets):
+        until = cooling_until(target.id)
+        if until > now:
+            recovers = until if recovers is None else min(recovers, until)
+            continue
+        rank = -(draw() ** (1.0 / target.weight)) if target.priority in weighted else 0.0
+        ready.append((target.priority, rank, index, target))
+    ready.sort(key=lambda item: item[:3])
+    return [item[3] for item in ready], recovers
+
+
+def allowed_models(
+    table: dict[str, tuple[Target, ...]], allows: Callable[[str], bool]
+) -> list[str]:
+    return [m for m in table if allows(m)]

@@ -1,0 +1,249 @@
+"""The ASGI application: dispatch, lifespan, reload.
+
+    CORS -> dispatch -> POST .../chat/completions -> app.proxy.handle_chat (plain ASGI)
+                     -> everything else          -> app.api (FastAPI)
+
+The chat routes never enter FastAPI or any middleware stack: a path check
+sends them straight to the hot path. `Server` owns the long-lived services
+(upstream client, state, metrics, usage) and the current `Gateway`, which a
+reload (SIGHUP, `--watch`, or `reload()`) replaces atomically; requests in
+flight finish on the `Gateway` they started with. Nothing lives at module level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from app.api import build_api
+from app.config import Config, ConfigError, config_from_env, load, resolve_path
+from app.cors import CORS
+from app.errors import MethodNotAllowed
+from app.gateway import Gateway, Services
+from app.metrics import Metrics
+from app.proxy import Message, Receive, Scope, Send, handle_chat, new_request_id, send_error
+from app.state import MemoryState, State
+from app.upstream import AiohttpUpstream
+from app.usage import SQLiteStore, Store, Usage
+
+log = logging.getLogger("aoai_gateway")
+
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/openai/v1/chat/completions"})
+_DEPLOYMENTS = "/openai/deployments/"
+_CHAT = "/chat/completions"
+DEFAULT_USAGE_PATH = "aoai-gateway.db"
+
+Loader = Callable[[], Config]
+
+
+def chat_route(path: str) -> tuple[bool, str | None]:
+    """(is a chat route, model named in the path)."""
+    if path in CHAT_PATHS:
+        return True, None
+    if path.startswith(_DEPLOYMENTS) and path.endswith(_CHAT):
+        name = path[len(_DEPLOYMENTS) : -len(_CHAT)]
+        if name and "/" not in name:
+            return True, name
+    return False, None
+
+
+class Server:
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        watch: Path | None = None,
+        make_state: Callable[[Config, Metrics], State] | None = None,
+        make_store: Callable[[Config], Store] | None = None,
+    ) -> None:
+        self.loader = loader
+        self.watch = watch
+        self._make_state = make_state or default_state
+        self._make_store = make_store or default_store
+        self.gateway: Gateway | None = None
+        self.services: Services | None = None
+        self.loaded_at = int(time.time())
+        self.reloads = 0
+        self.api = build_api(self.current, lambda: self.loaded_at)
+        self._app = CORS(self._dispatch, self._origins)
+        self._watcher: asyncio.Task[None] | None = None
+
+    def current(self) -> Gateway:
+        if self.gateway is None:
+            raise RuntimeError("the gateway has not started")
+        return self.gateway
+
+    def _origins(self) -> tuple[str, ...]:
+        gw = self.gateway
+        return gw.config.gateway.cors_origins if gw is not None else ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                path = path.rstrip("/")
+            is_chat, model = chat_route(path)
+            if is_chat:
+                if scope["method"] == "POST":
+                    await handle_chat(self.current(), scope, receive, send, model)
+                else:
+                    await send_error(
+                        send,
+                        MethodNotAllowed(f"Use POST for {path}."),
+                        new_request_id(),
+                    )
+                return
+            send = _with_request_id(scope, send)
+        await self.api(scope, receive, send)
+
+    # lifecycle ---------------------------------------------------------------
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except ConfigError as exc:
+                    await send({"type": "lifespan.startup.failed", "message": exc.render()})
+                    return
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        config = self.loader()
+        metrics = Metrics(cooling=self._cooling_source)
+        state = self._make_state(config, metrics)
+        usage = Usage(self._make_store(config))
+        self.services = Services(AiohttpUpstream(), state, metrics, usage)
+        await state.start()
+        await usage.start()
+        self.gateway = Gateway(config, self.services)
+        self.loaded_at = int(time.time())
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.watch is not None:
+            self._watcher = loop.create_task(self._watch_file(self.watch))
+        log.info("serving %d models from %d resources", len(config.models), len(config.resources))
+
+    async def shutdown(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self.services is not None:
+            s = self.services
+            if s.tasks:
+                await asyncio.gather(*s.tasks, return_exceptions=True)
+            await s.usage.close()
+            await s.state.close()
+            await s.upstream.aclose()
+
+    def _cooling_source(self) -> Any:
+        gw = self.gateway
+        return gw.cooling_view if gw is not None else None
+
+    def reload(self) -> bool:
+        """Swap in a freshly loaded config; keep the old one if it is invalid."""
+        if self.services is None:
+            return False
+        try:
+            config = self.loader()
+        except ConfigError as exc:
+            log.error("reload refused, still serving the previous configuration:\n%s", exc.render())
+            return False
+        old = self.gateway
+        if old is not None and config.state != old.config.state:
+            log.warning("state: settings changed; they take effect at the next restart")
+        self.gateway = Gateway(config, self.services)
+        self.reloads += 1
+        log.info("configuration reloaded: %d models", len(config.models))
+        return True
+
+    async def _watch_file(self, path: Path) -> None:
+        def stamp() -> float:
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        last = stamp()
+        while True:
+            await asyncio.sleep(1.0)
+            now = stamp()
+            if now != last:
+                last = now
+                self.reload()
+
+
+def _with_request_id(scope: Scope, send: Send) -> Send:
+    rid = None
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            rid = value
+    request_id = rid or new_request_id().encode()
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+        await send(message)
+
+    return wrapped
+
+
+def default_state(config: Config, metrics: Metrics) -> State:
+    if config.state.redis_url:
+        from app.redis_state import RedisState
+
+        return RedisState(config.state.redis_url, metrics)
+    return MemoryState()
+
+
+def default_store(config: Config) -> Store:
+    return SQLiteStore(config.state.path or DEFAULT_USAGE_PATH)
+
+
+def make_loader(path: Path | None, environ: Mapping[str, str]) -> Loader:
+    """Read the file each time it is called (for reloads), or the environment."""
+    if path is not None:
+        return lambda: load(path, environ)
+
+    def from_env() -> Config:
+        config = config_from_env(environ)
+        if config is None:
+            raise ConfigError(
+                [
+                    "no configuration: pass --config PATH, set AOAI_GATEWAY_CONFIG, create "
+                    "config/gateway.yaml, or set AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY "
+                    "and AZURE_OPENAI_DEPLOYMENTS"
+                ]
+            )
+        return config
+
+    return from_env
+
+
+def create_app() -> Server:
+    """uvicorn factory for `--workers N`: configuration from the environment."""
+    path = resolve_path(None, os.environ)
+    return Server(make_loader(path, os.environ))
