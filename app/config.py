@@ -11,6 +11,7 @@ With no file, `config_from_env` builds the classic single-resource setup from
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -72,26 +73,42 @@ class GatewaySettings(_Model):
 Api = Literal["v1", "legacy"]
 
 
+def _endpoint(value: Any) -> Any:
+    if isinstance(value, str) and not re.match(r"^https?://[^\s/]+", value.strip()):
+        raise ValueError("must be an http(s) URL like https://NAME.openai.azure.com")
+    return value
+
+
 class Resource(_Model):
-    endpoint: str = Field(pattern=r"^https?://[^\s/]+")
+    endpoint: Annotated[str, BeforeValidator(_endpoint)]
     keys: tuple[SecretStr, ...] = Field(min_length=1)
     api: Api = "v1"
     api_version: str | None = None
+
+
+# A deployment name goes into a URL path: one segment, nothing to escape.
+_DEPLOYMENT_NAME = re.compile(r"^[^/?#%\s]+$")
 
 
 def _shorthand(value: Any) -> Any:
     """Accept `"eastus/gpt-4o"` for `{resource: eastus, deployment: gpt-4o}`."""
     if isinstance(value, str):
         resource, sep, deployment = value.partition("/")
-        if not sep or not resource or not deployment:
-            raise ValueError("expected 'resource/deployment' or a mapping")
+        if not sep or not resource or not _DEPLOYMENT_NAME.match(deployment):
+            raise ValueError(f"expected 'resource/deployment' or a mapping, got {value!r}")
         return {"resource": resource, "deployment": deployment}
+    return value
+
+
+def _deployment_name(value: Any) -> Any:
+    if isinstance(value, str) and not _DEPLOYMENT_NAME.match(value):
+        raise ValueError("must be a deployment name (no '/', '?', '#', '%' or spaces)")
     return value
 
 
 class Deployment(_Model):
     resource: str
-    deployment: str = Field(min_length=1)
+    deployment: Annotated[str, BeforeValidator(_deployment_name)]
     api: Api | None = None
     api_version: str | None = None
     priority: int = 0
@@ -141,6 +158,10 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"cannot read {path}: not UTF-8 text (byte {exc.start})"], str(path)
+        ) from None
     return parse(text, os.environ if environ is None else environ, source=str(path))
 
 
@@ -155,7 +176,7 @@ def parse(text: str, environ: Mapping[str, str], source: str = "config") -> Conf
         return f"__aoai_env_{len(refs) - 1}__"
 
     try:
-        raw = yaml.safe_load(_VAR.sub(swap, text))
+        raw = yaml.load(_VAR.sub(swap, text), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -170,6 +191,37 @@ def parse(text: str, environ: Mapping[str, str], source: str = "config") -> Conf
     if errors:
         raise ConfigError(errors, source)
     return validate(filled, source)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key given twice (PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    # Checked before merge keys (`<<: *base`) are flattened: overriding a merged
+    # value is what merging is for.
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # unhashable: construct_mapping reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
 
 
 def _fill(
@@ -224,10 +276,14 @@ def _pydantic_error(err: Any) -> str:
     # Drop pydantic's internal steps (function-before[...]) from the location.
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p and "(" in p))
     msg = err["msg"]
-    if err["type"] == "extra_forbidden":
+    if err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif err["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling)"
     elif err["type"] == "missing":
         msg = "is required"
+    elif err["type"] == "too_short":
+        msg = "needs at least one item"
     return f"{format_loc(loc)}: {msg}"
 
 
@@ -235,6 +291,7 @@ def check_references(config: Config) -> list[str]:
     """Cross-field rules pydantic cannot see one field at a time."""
     errors: list[str] = []
     seen_names: set[str] = set()
+    seen_digests: dict[str, int] = {}
     for i, key in enumerate(config.gateway.keys):
         where = f"gateway.keys[{i}]"
         if (key.key is None) == (key.key_sha256 is None):
@@ -244,6 +301,16 @@ def check_references(config: Config) -> list[str]:
         if key.name in seen_names:
             errors.append(f"{where}.name: duplicate key name '{key.name}'")
         seen_names.add(key.name)
+        if key.key is not None:
+            d = hashlib.sha256(key.key.get_secret_value().encode()).hexdigest()
+        else:
+            d = (key.key_sha256 or "").lower()
+        if not d:
+            continue
+        if d in seen_digests:  # which caller would it be? (the value itself is never shown)
+            errors.append(f"{where}: the same key as gateway.keys[{seen_digests[d]}]")
+        else:
+            seen_digests[d] = i
     for name, res in config.resources.items():
         for i, k in enumerate(res.keys):
             if not k.get_secret_value():
@@ -266,10 +333,14 @@ def config_from_env(environ: Mapping[str, str]) -> Config | None:
     if not endpoint:
         return None
     errors = []
+    if not re.match(r"^https?://[^\s/]+", endpoint.strip()):
+        errors.append(
+            "AZURE_OPENAI_ENDPOINT: must be an http(s) URL like https://NAME.openai.azure.com"
+        )
     keys = [environ.get("AZURE_OPENAI_API_KEY", ""), environ.get("AZURE_OPENAI_API_KEY_2", "")]
-    keys = [k for k in keys if k]
-    if not keys:
+    if not keys[0]:  # key1 first: a lone KEY_2 is most likely a typo in the first name
         errors.append("AZURE_OPENAI_API_KEY is not set (AZURE_OPENAI_ENDPOINT is)")
+    keys = [k for k in keys if k]
     names = [d.strip() for d in environ.get("AZURE_OPENAI_DEPLOYMENTS", "").split(",") if d.strip()]
     if not names:
         errors.append("AZURE_OPENAI_DEPLOYMENTS is not set: a comma list of deployment names")
