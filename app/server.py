@@ -36,7 +36,16 @@ from app.usage import SQLiteStore, Store, Usage
 
 log = logging.getLogger("aoai_gateway")
 
-CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/openai/v1/chat/completions"})
+# `/openai/chat/completions`: @ai-sdk/azure (Chatbox's Azure provider) with baseURL
+# `{origin}/openai` on a host that is not *.azure.com leaves out `/v1` and `api-version`.
+CHAT_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/chat/completions",
+        "/openai/v1/chat/completions",
+        "/openai/chat/completions",
+    }
+)
 _DEPLOYMENTS = "/openai/deployments/"
 _CHAT = "/chat/completions"
 DEFAULT_USAGE_PATH = "aoai-gateway.db"
