@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -49,12 +50,19 @@ def chat_url(endpoint: str, api: str, deployment: str, api_version: str | None) 
     return f"{base}/openai/deployments/{deployment}/chat/completions?api-version={version}"
 
 
+_CHAT_VARIANT = re.compile(r"-chat(?:-|$)")
+
+
 def is_reasoning(name: str) -> bool:
-    """Default for `reasoning:`: o1*, o3*, o4*, gpt-5* except the *-chat variants."""
+    """Default for `reasoning:`: o1*, o3*, o4*, gpt-5* except the chat variants.
+
+    A chat variant has a `-chat` segment: `gpt-5-chat`, `gpt-5.2-chat`, and with a
+    version or alias after it, `gpt-5-chat-2025-08-07`, `gpt-5-chat-latest`.
+    """
     n = name.lower()
     if n.startswith(("o1", "o3", "o4")):
         return True
-    return n.startswith("gpt-5") and not n.endswith("-chat")
+    return n.startswith("gpt-5") and _CHAT_VARIANT.search(n) is None
 
 
 def rewrite_body(
