@@ -28,10 +28,11 @@ from app.config import Config, ConfigError, config_from_env, load, resolve_path
 from app.cors import CORS
 from app.errors import MethodNotAllowed
 from app.gateway import Gateway, Services
+from app.h1 import H1Upstream
 from app.metrics import Metrics
 from app.proxy import Message, Receive, Scope, Send, handle_chat, new_request_id, send_error
 from app.state import MemoryState, State
-from app.upstream import AiohttpUpstream
+from app.upstream import AiohttpUpstream, Upstream
 from app.usage import SQLiteStore, Store, Usage
 
 log = logging.getLogger("aoai_gateway")
@@ -144,7 +145,7 @@ class Server:
         metrics = Metrics(cooling=self._cooling_source)
         state = self._make_state(config, metrics)
         usage = Usage(self._make_store(config))
-        self.services = Services(AiohttpUpstream(), state, metrics, usage)
+        self.services = Services(make_upstream(os.environ), state, metrics, usage)
         await state.start()
         await usage.start()
         self.gateway = Gateway(config, self.services)
@@ -218,6 +219,15 @@ def _with_request_id(scope: Scope, send: Send) -> Send:
         await send(message)
 
     return wrapped
+
+
+def make_upstream(environ: Mapping[str, str]) -> Upstream:
+    """The lean HTTP/1.1 client, or aiohttp where an HTTP(S) proxy must be used."""
+    proxied = any(
+        environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+    )
+    choice = environ.get("AOAI_GATEWAY_UPSTREAM_CLIENT") or ("aiohttp" if proxied else "h1")
+    return AiohttpUpstream(trust_env=True) if choice == "aiohttp" else H1Upstream()
 
 
 def default_state(config: Config, metrics: Metrics) -> State:

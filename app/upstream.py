@@ -130,10 +130,11 @@ class _AiohttpResponse:
 
 
 class AiohttpUpstream:
-    def __init__(self) -> None:
+    def __init__(self, trust_env: bool = False) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
             connector=connector,
+            trust_env=trust_env,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
             headers={"user-agent": "aoai-gateway"},
