@@ -33,10 +33,10 @@ class SSEFilter:
 
     def feed(self, data: bytes) -> bytes:
         """Take a read from upstream; return the complete events to forward."""
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
         if self._buf:
             data = self._buf + data
+        if b"\r" in data:  # after joining: a read may end between \r and \n
+            data = data.replace(b"\r\n", b"\n")
         end = data.rfind(_SEP)
         if end < 0:
             self._buf = data
@@ -97,12 +97,16 @@ def token_counts(usage: dict[str, Any]) -> dict[str, int]:
     out: dict[str, int] = {}
     for name in ("prompt_tokens", "completion_tokens"):
         value = usage.get(name)
-        if isinstance(value, int):
+        if _is_count(value):
             out[name] = value
     prompt_details = usage.get("prompt_tokens_details")
-    if isinstance(prompt_details, dict) and isinstance(prompt_details.get("cached_tokens"), int):
+    if isinstance(prompt_details, dict) and _is_count(prompt_details.get("cached_tokens")):
         out["cached_tokens"] = prompt_details["cached_tokens"]
     done_details = usage.get("completion_tokens_details")
-    if isinstance(done_details, dict) and isinstance(done_details.get("reasoning_tokens"), int):
+    if isinstance(done_details, dict) and _is_count(done_details.get("reasoning_tokens")):
         out["reasoning_tokens"] = done_details["reasoning_tokens"]
     return out
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

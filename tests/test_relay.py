@@ -1,0 +1,240 @@
+"""app/relay.py: the SSE filter on bytes, usage capture, token counts."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from app.relay import SSEFilter, error_event, token_counts, usage_of
+
+# Azure-shaped events (each ends with its blank line).
+PROMPT_FILTER = (
+    b'data: {"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":'
+    b'[{"prompt_index":0,"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}}}]}'
+    b"\n\n"
+)
+ROLE = (
+    b'data: {"choices":[{"content_filter_results":{},"delta":{"content":"","role":"assistant"},'
+    b'"finish_reason":null,"index":0}],"created":1,"id":"c1","model":"gpt-4o",'
+    b'"object":"chat.completion.chunk"}\n\n'
+)
+
+
+def content(text: str, index: int = 0) -> bytes:
+    choice = {
+        "content_filter_results": {"hate": {"filtered": False, "severity": "safe"}},
+        "delta": {"content": text},
+        "finish_reason": None,
+        "index": index,
+    }
+    chunk = {"choices": [choice], "id": "c1", "object": "chat.completion.chunk"}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+ANNOTATION = (
+    b'data: {"choices":[{"content_filter_offsets":{"check_offset":0,"start_offset":0,'
+    b'"end_offset":9},"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}},'
+    b'"finish_reason":null,"index":0}],"created":0,"id":"","model":"","object":""}\n\n'
+)
+FINISH = (
+    b'data: {"choices":[{"content_filter_results":{},"delta":{},"finish_reason":"stop",'
+    b'"index":0}],"created":1,"id":"c1","model":"gpt-4o","object":"chat.completion.chunk"}\n\n'
+)
+USAGE_OBJ = {
+    "completion_tokens": 5,
+    "prompt_tokens": 9,
+    "total_tokens": 14,
+    "prompt_tokens_details": {"cached_tokens": 2},
+    "completion_tokens_details": {"reasoning_tokens": 3},
+}
+USAGE = (
+    b'data: {"choices":[],"created":1,"id":"c1","model":"gpt-4o","object":"chat.completion.chunk",'
+    b'"usage":' + orjson.dumps(USAGE_OBJ) + b"}\n\n"
+)
+DONE = b"data: [DONE]\n\n"
+
+WORDS = ["He", "llo", ' "delta" ', "wor\\nld", "💥", "!"]
+NORMAL = [ROLE, *(content(w) for w in WORDS), FINISH]
+STREAM = PROMPT_FILTER + ROLE + b"".join(content(w) for w in WORDS[:3]) + ANNOTATION
+STREAM += b"".join(content(w) for w in WORDS[3:]) + FINISH + ANNOTATION + USAGE + DONE
+EXPECTED = b"".join(NORMAL) + DONE
+EXPECTED_WITH_USAGE = b"".join(NORMAL) + USAGE + DONE
+
+
+def feed_all(parts: list[bytes], forward_usage: bool = False) -> tuple[bytes, SSEFilter]:
+    sse = SSEFilter(forward_usage=forward_usage)
+    out = b"".join(sse.feed(p) for p in parts)
+    return out, sse
+
+
+def events(data: bytes) -> list[bytes]:
+    return [e + b"\n\n" for e in data.split(b"\n\n") if e]
+
+
+def test_prompt_filter_only_first_chunk_is_dropped() -> None:
+    sse = SSEFilter(forward_usage=False)
+    assert sse.feed(PROMPT_FILTER) == b""
+    assert sse.feed(ROLE) == ROLE
+
+
+def test_annotation_only_chunks_are_dropped() -> None:
+    sse = SSEFilter(forward_usage=False)
+    assert sse.feed(ANNOTATION) == b""
+    assert sse.feed(content("x") + ANNOTATION + content("y")) == content("x") + content("y")
+
+
+def test_normal_chunks_are_byte_identical() -> None:
+    sse = SSEFilter(forward_usage=False)
+    for event in NORMAL:
+        assert sse.feed(event) == event
+    assert sse.usage is None and not sse.done
+
+
+def test_usage_chunk_is_captured_and_forwarded_only_when_asked() -> None:
+    out, sse = feed_all([STREAM], forward_usage=False)
+    assert out == EXPECTED
+    assert sse.usage == USAGE_OBJ
+    out, sse = feed_all([STREAM], forward_usage=True)
+    assert out == EXPECTED_WITH_USAGE
+    assert sse.usage == USAGE_OBJ
+
+
+def test_done_sets_done() -> None:
+    sse = SSEFilter(forward_usage=False)
+    assert sse.feed(FINISH) == FINISH
+    assert not sse.done
+    assert sse.feed(DONE) == DONE
+    assert sse.done
+
+
+def test_one_event_per_read() -> None:
+    out, sse = feed_all(events(STREAM))
+    assert out == EXPECTED
+    assert sse.done and sse.usage == USAGE_OBJ
+
+
+@pytest.mark.parametrize("forward_usage", [False, True])
+def test_any_single_split_point(forward_usage: bool) -> None:
+    expected = EXPECTED_WITH_USAGE if forward_usage else EXPECTED
+    for cut in range(len(STREAM) + 1):
+        out, sse = feed_all([STREAM[:cut], STREAM[cut:]], forward_usage)
+        assert out == expected, cut
+        assert sse.done and sse.usage == USAGE_OBJ, cut
+
+
+def test_any_two_split_points_around_every_event_boundary() -> None:
+    boundaries = [i + 2 for i in range(len(STREAM)) if STREAM.startswith(b"\n\n", i)]
+    for b in boundaries:
+        for i in range(max(0, b - 4), min(len(STREAM), b + 3)):
+            for j in range(i, min(len(STREAM), i + 5) + 1):
+                out, sse = feed_all([STREAM[:i], STREAM[i:j], STREAM[j:]])
+                assert out == EXPECTED, (i, j)
+                assert sse.done
+
+
+def test_random_multi_splits_and_byte_by_byte() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 12)))
+        parts = [STREAM[a:b] for a, b in zip([0, *cuts], [*cuts, len(STREAM)], strict=True)]
+        out, sse = feed_all(parts)
+        assert out == EXPECTED, cuts
+        assert sse.done and sse.usage == USAGE_OBJ
+    out, sse = feed_all([STREAM[i : i + 1] for i in range(len(STREAM))])
+    assert out == EXPECTED and sse.done
+
+
+def test_crlf_input_at_any_split_point() -> None:
+    crlf = STREAM.replace(b"\n", b"\r\n")
+    expected = EXPECTED  # events leave with LF line ends
+    out, sse = feed_all([crlf])
+    assert out == expected and sse.done and sse.usage == USAGE_OBJ
+    for cut in range(len(crlf) + 1):
+        out, sse = feed_all([crlf[:cut], crlf[cut:]])
+        assert out == expected, cut
+        assert sse.done, cut
+    rng = random.Random(11)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(crlf)), rng.randint(2, 10)))
+        parts = [crlf[a:b] for a, b in zip([0, *cuts], [*cuts, len(crlf)], strict=True)]
+        out, sse = feed_all(parts)
+        assert out == expected, cuts
+        assert sse.done
+
+
+def test_multi_choice_chunks_with_a_prompt_filter_chunk_in_the_same_read() -> None:
+    n2 = [content("a", 0), content("b", 1), content("c", 1), content("d", 0)]
+    read = PROMPT_FILTER + n2[0] + n2[1]
+    sse = SSEFilter(forward_usage=False)
+    assert sse.feed(read) == n2[0] + n2[1]
+    assert sse.feed(n2[2] + ANNOTATION + n2[3] + DONE) == n2[2] + n2[3] + DONE
+    assert sse.done
+
+
+def test_error_events_and_comments_pass_through() -> None:
+    err = b'data: {"error":{"message":"boom","type":"server_error"}}\n\n'
+    comment = b": keep-alive\n\n"
+    not_json = b"data: not json\n\n"
+    sse = SSEFilter(forward_usage=False)
+    assert sse.feed(err + comment + not_json) == err + comment + not_json
+
+
+def test_incomplete_event_is_held_back() -> None:
+    sse = SSEFilter(forward_usage=False)
+    assert sse.feed(ROLE[:-1]) == b""
+    assert sse.feed(ROLE[-1:]) == ROLE
+
+
+def test_error_event_shape() -> None:
+    event = error_event("the upstream failed", "upstream_stream_error")
+    assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+    assert orjson.loads(event[6:]) == {
+        "error": {
+            "message": "the upstream failed",
+            "type": "server_error",
+            "param": None,
+            "code": "upstream_stream_error",
+        }
+    }
+
+
+# --- non-streamed usage ------------------------------------------------------------
+
+
+def test_usage_of() -> None:
+    body = orjson.dumps({"id": "c", "choices": [], "usage": USAGE_OBJ})
+    assert usage_of(body) == USAGE_OBJ
+    assert usage_of(b'{"id": "c"}') is None
+    assert usage_of(b'{"usage": null}') is None
+    assert usage_of(b'{"usage": 5}') is None
+    assert usage_of(b"[1, 2]") is None
+    assert usage_of(b"not json") is None
+    assert usage_of(b"") is None
+
+
+def test_token_counts() -> None:
+    assert token_counts(USAGE_OBJ) == {
+        "prompt_tokens": 9,
+        "completion_tokens": 5,
+        "cached_tokens": 2,
+        "reasoning_tokens": 3,
+    }
+    assert token_counts({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}) == {
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+    }
+    assert (
+        token_counts(
+            {
+                "prompt_tokens": "3",
+                "completion_tokens": None,
+                "prompt_tokens_details": None,
+                "completion_tokens_details": {"reasoning_tokens": "x"},
+            }
+        )
+        == {}
+    )
+    assert token_counts({"prompt_tokens": True, "completion_tokens": 1.5}) == {}
+    assert token_counts({"prompt_tokens": -1, "completion_tokens": 0}) == {"completion_tokens": 0}
