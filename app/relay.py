@@ -94,19 +94,20 @@ def usage_of(body: bytes) -> dict[str, Any] | None:
 
 def token_counts(usage: dict[str, Any]) -> dict[str, int]:
     """prompt/completion (+ cached/reasoning when reported) as ints."""
-    out: dict[str, int] = {}
-    for name in ("prompt_tokens", "completion_tokens"):
-        value = usage.get(name)
-        if _is_count(value):
-            out[name] = value
     prompt_details = usage.get("prompt_tokens_details")
-    if isinstance(prompt_details, dict) and _is_count(prompt_details.get("cached_tokens")):
-        out["cached_tokens"] = prompt_details["cached_tokens"]
     done_details = usage.get("completion_tokens_details")
-    if isinstance(done_details, dict) and _is_count(done_details.get("reasoning_tokens")):
-        out["reasoning_tokens"] = done_details["reasoning_tokens"]
-    return out
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    found = {
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "cached_tokens": (
+            prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None
+        ),
+        "reasoning_tokens": (
+            done_details.get("reasoning_tokens") if isinstance(done_details, dict) else None
+        ),
+    }
+    return {
+        name: value
+        for name, value in found.items()
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    }
