@@ -24,6 +24,7 @@ from app.errors import (
 )
 from app.gateway import Gateway
 from app.metrics import CONTENT_TYPE
+from app.status import admin_caller, collect, render
 
 
 def build_api(current: Callable[[], Gateway], loaded_at: Callable[[], int]) -> FastAPI:
@@ -93,6 +94,13 @@ def build_api(current: Callable[[], Gateway], loaded_at: Callable[[], int]) -> F
         if model not in gw.table or not who.allows(model):
             raise NotFound(f"The model '{model}' does not exist", code="model_not_found")
         return {"id": model, "object": "model", "created": loaded_at(), "owned_by": "azure"}
+
+    @api.get("/status")
+    async def status(request: Request, gw: Annotated[Gateway, Depends(gateway)]) -> Response:
+        h = request.headers
+        admin_caller(gw, h.get("authorization"), h.get("api-key"))
+        page = render(await collect(gw, loaded_at()))
+        return Response(page, media_type="text/html; charset=utf-8")
 
     @api.get("/healthz")
     def healthz() -> dict[str, str]:

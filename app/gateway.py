@@ -18,6 +18,7 @@ from app.auth import KeyTable
 from app.config import Config
 from app.failover import Policy
 from app.metrics import Metrics
+from app.recent import Recent
 from app.routing import Target, build_table
 from app.state import State
 from app.upstream import Timeouts, Upstream
@@ -33,6 +34,7 @@ class Services:
     metrics: Metrics
     usage: Usage
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    recent: Recent = field(default_factory=Recent)  # the status page's window
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run bookkeeping after the response without holding it up."""

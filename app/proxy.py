@@ -336,6 +336,7 @@ def _finish(gw: Gateway, rec: Record) -> None:
     services = gw.services
     model = rec.model
     services.metrics.request(model, rec.key, rec.status, duration, rec.ttft)
+    services.recent.add(rec, duration)
     if rec.tokens:
         services.usage.record(rec.key, model, rec.tokens)
         services.metrics.add_tokens(rec.key, model, rec.tokens)

@@ -1,0 +1,144 @@
+"""The status page's pure parts: the recent-traffic window (`app.recent`) and rendering."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+import pytest
+
+from app.recent import MINUTES, Health, Recent, median, per_minute, summarize
+from app.routing import Target, UpstreamKey
+from app.status import DeploymentView, KeyView, View, basic_password, render, rpm_chart
+
+
+def target(resource: str, deployment: str = "gpt-4o") -> Target:
+    return Target(
+        model="gpt-4o",
+        resource=resource,
+        deployment=deployment,
+        api="v1",
+        api_version=None,
+        url=f"http://{resource}/openai/v1/chat/completions",
+        keys=(UpstreamKey(f"{resource}#abc", "secret"),),
+    )
+
+
+@dataclass
+class FakeTrace:
+    target: Target | None = None
+    failures: list[tuple[Target, str]] = field(default_factory=list)
+
+
+@dataclass
+class FakeRecord:
+    status: int
+    trace: FakeTrace
+    ttft: float | None = None
+    error: str | None = None
+
+
+EAST, SWEDEN = target("eastus"), target("sweden")
+
+
+def test_summarize_counts_failed_attempts_and_the_attempt_that_served() -> None:
+    served_after_failover = FakeRecord(200, FakeTrace(EAST, [(SWEDEN, "HTTP 500")]), ttft=0.2)
+    served = FakeRecord(200, FakeTrace(SWEDEN), ttft=0.1)
+    key2_after_key1 = FakeRecord(200, FakeTrace(EAST, [(EAST, "key rejected")]), ttft=0.4)
+    gave_up = FakeRecord(502, FakeTrace(EAST, [(SWEDEN, "timeout"), (EAST, "HTTP 500")]), error="x")
+    broken_stream = FakeRecord(200, FakeTrace(SWEDEN), ttft=0.3, error="upstream_stream_error")
+    left = FakeRecord(499, FakeTrace(EAST), error="client_disconnected")
+    old = FakeRecord(200, FakeTrace(SWEDEN), ttft=9.0)
+    now = 10_000.0
+    events = [(now - 5, 1.0, r) for r in (served_after_failover, served, key2_after_key1)]
+    events += [(now - 4, 1.0, gave_up), (now - 3, 1.0, broken_stream), (now - 2, 1.0, left)]
+    events.append((now - 3600, 1.0, old))  # outside the window
+    health = summarize(events, now)  # type: ignore[arg-type]
+
+    sweden = health["sweden/gpt-4o"]
+    assert (sweden.ok, sweden.failed) == (1, 3)  # served / 500, timeout, broken stream
+    assert sweden.last_error == "broke mid-response"
+    assert sweden.p50 == 0.1
+    east = health["eastus/gpt-4o"]
+    assert (east.ok, east.failed) == (2, 2)  # two served / key rejected, 500 (left: neither)
+    assert east.error_rate == 0.5
+    assert east.p50 is not None and abs(east.p50 - 0.3) < 1e-9
+
+
+def test_recent_counts_requests_and_failures_per_minute_and_forgets_old_minutes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [60_000.0]
+    monkeypatch.setattr("app.recent.time.time", lambda: clock[0])
+    recent = Recent(maxlen=3)
+    for status in (200, 200, 429, 502, 400):
+        recent.add(FakeRecord(status, FakeTrace()), 0.01)  # type: ignore[arg-type]
+    assert len(recent.events) == 3  # bounded
+    assert recent.minutes == {1000: [5, 2]}  # 429 and 5xx are failures, a 400 is the caller's
+    clock[0] += 60 * (MINUTES - 1)
+    recent.add(FakeRecord(200, FakeTrace()), 0.01)  # type: ignore[arg-type]
+    assert recent.minutes == {1000: [5, 2], 1000 + MINUTES - 1: [1, 0]}
+    clock[0] += 60
+    recent.add(FakeRecord(500, FakeTrace()), 0.01)  # type: ignore[arg-type]
+    assert recent.minutes == {1000 + MINUTES - 1: [1, 0], 1000 + MINUTES: [1, 1]}
+
+
+def test_per_minute_fills_gaps_oldest_first() -> None:
+    now = 60 * 1000 + 30
+    series = per_minute({1000: [4, 1], 998: [2, 0]}, now, span=4)
+    assert series == [(997 * 60, 0, 0), (998 * 60, 2, 0), (999 * 60, 0, 0), (1000 * 60, 4, 1)]
+
+
+def test_median() -> None:
+    assert median([]) is None
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 2.0, 3.0]) == 2.5
+
+
+def test_render_escapes_names_and_shows_keys_by_label_only() -> None:
+    view = View(
+        now=1_800_000_000.0,
+        loaded_at=1_799_999_000.0,
+        backend="memory",
+        models={
+            "<script>alert(1)</script>": [
+                DeploymentView(
+                    resource="eastus",
+                    deployment="gpt-4o",
+                    form="v1",
+                    priority=0,
+                    weight="",
+                    cooling_until=1_800_000_030.0,
+                    keys=[
+                        KeyView("key1", "eastus#abc", 1_800_000_100.0),
+                        KeyView("key2", "eastus#def", None),
+                    ],
+                    health=Health(ok=3, failed=1, latencies=[0.1, 0.2, 0.3], last_error="x"),
+                )
+            ]
+        },
+        usage={"alice": {"gpt-4o": {"requests": 2, "prompt_tokens": 1234}}},
+        usage_day="2027-01-15",
+        rpm=[(1_800_000_000 - 60, 3, 1)],
+    )
+    page = render(view)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "cooling down until" in page and "(30 s)" in page
+    assert "key1 rejected" in page and "eastus#abc" in page
+    assert "25%" in page and "200 ms" in page
+    assert "<td>alice</td><td>gpt-4o</td>" in page and "1,234" in page
+    assert "$" not in page.replace("$$", "")  # every template placeholder was filled
+
+
+def test_rpm_chart_stacks_failed_on_served() -> None:
+    svg = rpm_chart([(0, 0, 0), (60, 10, 5)], width=200, height=100)
+    assert svg.count('class="ok"') == 1 and svg.count('class="bad"') == 1
+    assert ">10</text>" in svg  # the scale's top is the busiest minute
+
+
+def test_basic_password() -> None:
+    token = base64.b64encode(b"anyone:the-key").decode()
+    assert basic_password(f"Basic {token}") == "the-key"
+    assert basic_password("Basic !!!") is None
+    assert basic_password("Bearer x") is None
+    assert basic_password(None) is None
