@@ -113,8 +113,8 @@ def describe(config: Config, source: str) -> str:
     keys = len(config.gateway.keys)
     lines = [
         f"configuration OK: {source}",
-        f"  {len(config.resources)} resources, {len(table)} models, "
-        + (f"{keys} gateway keys" if keys else "no gateway keys (serves loopback only)"),
+        f"  {_count(len(config.resources), 'resource')}, {_count(len(table), 'model')}, "
+        + (_count(keys, "gateway key") if keys else "no gateway keys (serves loopback only)"),
         "",
     ]
     header = (
@@ -150,6 +150,10 @@ def describe(config: Config, source: str) -> str:
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
