@@ -1,0 +1,428 @@
+"""The benchmark: the gateway against a direct call to the simulator, in one run.
+
+    python -m bench               # the full run (about 3 minutes), prints the README table
+    python -m bench --smoke       # seconds; CI runs this to prove the harness works
+
+It starts the project's simulator (one Azure resource) and the gateway exactly
+as a user would (`aoai-gateway serve --config ...`) with every foundation
+feature on: gateway-key auth, routing, two upstream keys, metrics, usage
+capture to SQLite and the JSON access log. Then, for plain and streaming
+requests, it alternates direct and through-gateway runs (A B A B) and reports
+the best of each, with latency percentiles, the gateway's CPU per request,
+the added p50 latency and time-to-first-token at one connection, 1,000
+concurrent open streams with the gateway's peak RSS, and 1 MB bodies.
+Ratios are what matter: absolute numbers move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import load
+
+SIM_KEY = "bench-azure-key-1"
+GATEWAY_KEY = "bench-gateway-key"
+MESSAGE = "Hello there, how are you today? Please tell me something nice."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+@contextmanager
+def process(cmd: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(ready_url, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants (uvicorn workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) summed over the process tree."""
+    total = 0
+    for p in tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        m = re.search(r"VmHWM:\s+(\d+) kB", status)
+        if m:
+            total += int(m.group(1))
+    return total / 1024
+
+
+@dataclass
+class Pair:
+    name: str
+    direct: list[dict[str, float]] = field(default_factory=list)
+    gateway: list[dict[str, float]] = field(default_factory=list)
+
+    def best(self, side: str) -> dict[str, float]:
+        runs = getattr(self, side)
+        return max(runs, key=lambda r: r["rps"])
+
+
+def measure(
+    url: str, headers: dict[str, str], body: bytes, conns: int, secs: float, pid: int
+) -> dict[str, float]:
+    c0 = cpu_seconds(pid)
+    r = load.run(url, headers, body, conns, secs)
+    cpu = cpu_seconds(pid) - c0
+    return {
+        "rps": r.rps,
+        "p50_ms": r.p50_ms,
+        "p99_ms": r.p99_ms,
+        "requests": r.requests,
+        "errors": r.errors,
+        "cpu_us_per_req": cpu * 1e6 / r.requests if r.requests else 0.0,
+    }
+
+
+def body_for(model: str, stream: bool, text: str = MESSAGE) -> bytes:
+    data: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}]}
+    if stream:
+        data["stream"] = True
+    return json.dumps(data).encode()
+
+
+_CONTENT = re.compile(rb'"delta":\{"content":"[^"]')
+
+
+async def ttft_once(url: str, headers: dict[str, str], body: bytes) -> float:
+    """Seconds from sending to the first content token's bytes."""
+    host, port, raw = load.request_bytes(url, headers, body)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        t0 = time.perf_counter()
+        writer.write(raw)
+        seen = b""
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                raise RuntimeError("stream ended before any content")
+            seen += data
+            if _CONTENT.search(seen):
+                return time.perf_counter() - t0
+    finally:
+        writer.close()
+
+
+async def ttft(url: str, headers: dict[str, str], body: bytes, n: int) -> float:
+    samples = [await ttft_once(url, headers, body) for _ in range(n)]
+    return statistics.median(samples)
+
+
+async def open_streams(url: str, headers: dict[str, str], body: bytes, n: int) -> dict[str, Any]:
+    """n streams open at once; each read to [DONE]."""
+    host, port, raw = load.request_bytes(url, headers, body)
+    done = failed = 0
+
+    async def one() -> None:
+        nonlocal done, failed
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(raw)
+            seen = b""
+            while b"data: [DONE]" not in seen[-64:]:
+                data = await asyncio.wait_for(reader.read(65536), 60)
+                if not data:
+                    break
+                seen += data
+            writer.close()
+            if b"data: [DONE]" in seen and b'"error"' not in seen:
+                done += 1
+            else:
+                failed += 1
+        except (OSError, TimeoutError):
+            failed += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return {
+        "streams": n,
+        "completed": done,
+        "failed": failed,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def big_bodies(url: str, headers: dict[str, str], model: str, n: int) -> float:
+    text = ("lorem ipsum dolor sit amet " * 40000)[: 1024 * 1024]
+    body = body_for(model, False, text)
+    with httpx.Client(timeout=60) as client:
+        client.post(url, content=body, headers=headers).raise_for_status()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            client.post(url, content=body, headers=headers).raise_for_status()
+        return (time.perf_counter() - t0) / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="a few seconds: proves the harness works")
+    p.add_argument("--seconds", type=float, default=8.0, help="per load run")
+    p.add_argument("--rounds", type=int, default=2, help="A B pairs per mode")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--workers", type=int, default=1, help="gateway workers")
+    p.add_argument("--streams", type=int, default=1000, help="concurrent open streams")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.seconds, args.rounds, args.streams = 1.0, 1, 50
+
+    tmp = Path(tempfile.mkdtemp(prefix="aoai-bench-"))
+    sim_port, slow_port, gw_port = free_port(), free_port(), free_port()
+    sim_url, slow_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{slow_port}"
+    gw_url = f"http://127.0.0.1:{gw_port}"
+    config = {
+        "gateway": {"keys": [{"name": "bench", "key": GATEWAY_KEY}]},
+        "resources": {
+            "sim": {"endpoint": sim_url, "keys": [SIM_KEY, "bench-azure-key-2"]},
+            "slow": {"endpoint": slow_url, "keys": [SIM_KEY]},
+        },
+        "models": {"gpt-4o": ["sim/gpt-4o"], "gpt-4o-slow": ["slow/gpt-4o"]},
+        "state": {"path": str(tmp / "usage.db")},
+    }
+    (tmp / "gateway.yaml").write_text(json.dumps(config))
+    py = sys.executable
+    sim_cmd = [
+        py,
+        "-m",
+        "app.simulator",
+        "--port",
+        str(sim_port),
+        "--keys",
+        f"{SIM_KEY},bench-azure-key-2",
+    ]
+    slow_cmd = [
+        py,
+        "-m",
+        "app.simulator",
+        "--port",
+        str(slow_port),
+        "--keys",
+        SIM_KEY,
+        "--chunks",
+        "20",
+        "--chunk-delay",
+        "0.05",
+    ]
+    gw_cmd = [
+        py,
+        "-m",
+        "app",
+        "serve",
+        "--config",
+        str(tmp / "gateway.yaml"),
+        "--port",
+        str(gw_port),
+        "--workers",
+        str(args.workers),
+    ]
+    direct_h = {"content-type": "application/json", "api-key": SIM_KEY}
+    gw_h = {"content-type": "application/json", "authorization": f"Bearer {GATEWAY_KEY}"}
+    direct_chat = f"{sim_url}/openai/v1/chat/completions"
+    gw_chat = f"{gw_url}/v1/chat/completions"
+    results: dict[str, Any] = {
+        "machine": f"{platform.node()} {os.cpu_count()} cores, {platform.machine()}, "
+        f"Python {platform.python_version()}",
+        "load_generator": "wrk -t1" if load.have_wrk() else "python (asyncio)",
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "workers": args.workers,
+    }
+    print(
+        f"# aoai-gateway benchmark — {results['machine']}; load: {results['load_generator']}, "
+        f"{args.connections} connections, {args.seconds:g}s per run, {args.rounds} A/B rounds",
+        flush=True,
+    )
+    with (
+        process(sim_cmd, f"{sim_url}/healthz", tmp / "sim.log") as sim,
+        process(slow_cmd, f"{slow_url}/healthz", tmp / "slow.log"),
+        process(gw_cmd, f"{gw_url}/healthz", tmp / "gateway.log") as gw,
+    ):
+        pairs = []
+        for name, stream in (("plain", False), ("stream", True)):
+            pair = Pair(name)
+            for r in range(args.rounds):
+                for side, url, hdr, pid in (
+                    ("direct", direct_chat, direct_h, sim.pid),
+                    ("gateway", gw_chat, gw_h, gw.pid),
+                ):
+                    m = measure(
+                        url, hdr, body_for("gpt-4o", stream), args.connections, args.seconds, pid
+                    )
+                    getattr(pair, side).append(m)
+                    print(
+                        f"  {name:6} round {r + 1} {side:7} {m['rps']:9.0f} req/s  "
+                        f"p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms  "
+                        f"errors {m['errors']:.0f}  cpu {m['cpu_us_per_req']:.0f} us/req",
+                        flush=True,
+                    )
+            pairs.append(pair)
+        one = {}
+        for side, url, hdr, pid in (
+            ("direct", direct_chat, direct_h, sim.pid),
+            ("gateway", gw_chat, gw_h, gw.pid),
+        ):
+            one[side] = measure(url, hdr, body_for("gpt-4o", False), 1, args.seconds, pid)
+        n_ttft = 20 if args.smoke else 200
+        t_direct = asyncio.run(ttft(direct_chat, direct_h, body_for("gpt-4o", True), n_ttft))
+        t_gw = asyncio.run(ttft(gw_chat, gw_h, body_for("gpt-4o", True), n_ttft))
+        streams = asyncio.run(
+            open_streams(gw_chat, gw_h, body_for("gpt-4o-slow", True), args.streams)
+        )
+        n_big = 3 if args.smoke else 20
+        big_direct = big_bodies(direct_chat, direct_h, "gpt-4o", n_big)
+        big_gw = big_bodies(gw_chat, gw_h, "gpt-4o", n_big)
+        rss = peak_rss_mb(gw.pid)
+
+    results["modes"] = {
+        p.name: {
+            "direct": p.best("direct"),
+            "gateway": p.best("gateway"),
+            "ratio": p.best("gateway")["rps"] / p.best("direct")["rps"],
+            "runs": asdict(p),
+        }
+        for p in pairs
+    }
+    results["one_connection"] = {
+        "direct_p50_ms": one["direct"]["p50_ms"],
+        "gateway_p50_ms": one["gateway"]["p50_ms"],
+        "added_p50_ms": one["gateway"]["p50_ms"] - one["direct"]["p50_ms"],
+    }
+    results["ttft"] = {
+        "direct_ms": t_direct * 1000,
+        "gateway_ms": t_gw * 1000,
+        "added_ms": (t_gw - t_direct) * 1000,
+        "samples": n_ttft,
+    }
+    results["open_streams"] = streams
+    results["big_body"] = {
+        "direct_ms": big_direct * 1000,
+        "gateway_ms": big_gw * 1000,
+        "added_ms": (big_gw - big_direct) * 1000,
+        "requests": n_big,
+    }
+    results["gateway_peak_rss_mb"] = rss
+    print()
+    print(report(results))
+    out = args.json or Path(__file__).parent / "results" / "last.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nresults: {out}")
+    errors = sum(p.best(s)["errors"] for p in pairs for s in ("direct", "gateway"))
+    return 0 if streams["failed"] == 0 and errors == 0 else 1
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [
+        "| measure | direct | through the gateway | gateway / direct |",
+        "|---|---|---|---|",
+    ]
+    for name, m in r["modes"].items():
+        d, g = m["direct"], m["gateway"]
+        lines.append(
+            f"| {name}: req/s ({r['connections']} connections) | {d['rps']:.0f} | "
+            f"{g['rps']:.0f} | **{m['ratio']:.2f}** |"
+        )
+        lines.append(
+            f"| {name}: p50 / p99 latency | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} ms | "
+            f"{g['p50_ms']:.2f} / {g['p99_ms']:.2f} ms | |"
+        )
+        lines.append(
+            f"| {name}: CPU per request (server process) | {d['cpu_us_per_req']:.0f} us | "
+            f"{g['cpu_us_per_req']:.0f} us | |"
+        )
+    o = r["one_connection"]
+    lines.append(
+        f"| p50 latency at 1 connection | {o['direct_p50_ms']:.2f} ms | "
+        f"{o['gateway_p50_ms']:.2f} ms | +{o['added_p50_ms']:.2f} ms |"
+    )
+    t = r["ttft"]
+    lines.append(
+        f"| time to first token (median of {t['samples']}) | {t['direct_ms']:.2f} ms | "
+        f"{t['gateway_ms']:.2f} ms | +{t['added_ms']:.2f} ms |"
+    )
+    b = r["big_body"]
+    lines.append(
+        f"| 1 MB request body (mean of {b['requests']}) | {b['direct_ms']:.1f} ms | "
+        f"{b['gateway_ms']:.1f} ms | +{b['added_ms']:.1f} ms |"
+    )
+    s = r["open_streams"]
+    lines.append(
+        f"| {s['streams']} concurrent open streams | | {s['completed']} completed, "
+        f"{s['failed']} failed, {s['seconds']} s | |"
+    )
+    lines.append(f"| gateway peak RSS (whole run) | | {r['gateway_peak_rss_mb']:.0f} MB | |")
+    return "\n".join(lines)
