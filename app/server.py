@@ -114,7 +114,7 @@ class Server:
                     await send_error(
                         send,
                         MethodNotAllowed(f"Use POST for {path}."),
-                        new_request_id(),
+                        request_id_of(scope),
                     )
                 return
             send = _with_request_id(scope, send)
@@ -206,12 +206,16 @@ class Server:
                 self.reload()
 
 
-def _with_request_id(scope: Scope, send: Send) -> Send:
-    rid = None
+def request_id_of(scope: Scope) -> str:
+    """The client's `x-request-id`, else a new one."""
     for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            rid = value
-    request_id = rid or new_request_id().encode()
+        if name == b"x-request-id" and value:
+            return str(value.decode("latin-1"))
+    return new_request_id()
+
+
+def _with_request_id(scope: Scope, send: Send) -> Send:
+    request_id = request_id_of(scope).encode("latin-1")
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
