@@ -1,40 +1,88 @@
 """CORS as plain ASGI, for browser front-ends calling the gateway directly.
 
 Origins come from `gateway.cors_origins` of the configuration in force (so a
-reload changes them); empty means no CORS headers at all. A preflight is
-answered here, before authentication. Only `http.response.start` of a
-request with an allowed `Origin` is touched: streamed chunks pass untouched.
+reload changes them); empty means no CORS headers at all. A preflight from a
+listed origin is answered here, before authentication; one from any other
+origin gets a 400 without `access-control-allow-origin`, so the browser
+blocks the request before it is sent. For the request itself only
+`http.response.start` is touched: streamed chunks pass untouched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from app.proxy import Message, Receive, Scope, Send
 
+# Request headers a browser client may send: the OpenAI and Azure SDKs' own
+# (`x-stainless-*` is matched by prefix), the ai-sdk's and the usual ones.
 ALLOWED_HEADERS = frozenset(
     {
+        "accept",
+        "api-key",
         "authorization",
         "content-type",
-        "api-key",
-        "x-request-id",
-        "accept",
+        "openai-beta",
         "openai-organization",
         "openai-project",
-        "openai-beta",
         "user-agent",
+        "x-ms-client-request-id",
+        "x-ms-useragent",
+        "x-request-id",
+        "x-requested-with",
     }
 )
-EXPOSED = b"x-request-id, retry-after, retry-after-ms, x-ms-region, apim-request-id"
+ALLOWED_PREFIXES = ("x-stainless-",)
+DEFAULT_ALLOW = b"authorization, content-type, api-key"
+EXPOSED = (
+    b"x-request-id, retry-after, retry-after-ms, x-ms-region, apim-request-id, "
+    b"x-ratelimit-remaining-requests, x-ratelimit-remaining-tokens"
+)
 METHODS = b"GET, POST, OPTIONS"
+MAX_AGE = b"600"
+VARY = (b"vary", b"Origin")
 
 
 def header_allowed(name: str) -> bool:
-    return name in ALLOWED_HEADERS or name.startswith("x-stainless-")
+    return name in ALLOWED_HEADERS or name.startswith(ALLOWED_PREFIXES)
 
 
 def origin_allowed(origin: str, allowed: Sequence[str]) -> bool:
-    return "*" in allowed or origin in allowed
+    return origin in allowed or "*" in allowed
+
+
+def allow_headers(requested: bytes) -> bytes:
+    """The `access-control-allow-headers` answer to `access-control-request-headers`.
+
+    Only the allowed names are echoed, so a request with any other header is
+    blocked by the browser; with none requested the common ones are listed.
+    """
+    names = [h.strip().lower() for h in requested.decode("latin-1").split(",")]
+    allowed = [h for h in names if h and header_allowed(h)]
+    return ", ".join(allowed).encode("latin-1") if allowed else DEFAULT_ALLOW
+
+
+def preflight_headers(
+    origin: str, request_headers: Iterable[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """Headers of the answer to an allowed origin's preflight."""
+    requested = b""
+    private_network = False
+    for name, value in request_headers:
+        if name == b"access-control-request-headers":
+            requested = value
+        elif name == b"access-control-request-private-network":
+            private_network = value.strip().lower() == b"true"
+    headers = [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-allow-methods", METHODS),
+        (b"access-control-allow-headers", allow_headers(requested)),
+        (b"access-control-max-age", MAX_AGE),
+        VARY,
+    ]
+    if private_network:  # Chrome, page on a public origin calling a LAN/loopback gateway
+        headers.append((b"access-control-allow-private-network", b"true"))
+    return headers
 
 
 class CORS:
@@ -49,28 +97,29 @@ class CORS:
             await self.app(scope, receive, send)  # type: ignore[misc]
             return
         origin = None
-        requested = None
+        preflight = False
         for name, value in scope["headers"]:
             if name == b"origin":
                 origin = value.decode("latin-1")
             elif name == b"access-control-request-method":
-                requested = value
+                preflight = True
         allowed = self.origins()
         if origin is None or not allowed:
             await self.app(scope, receive, send)  # type: ignore[misc]
             return
         ok = origin_allowed(origin, allowed)
-        if scope["method"] == "OPTIONS" and requested is not None:
-            await self._preflight(scope, send, origin if ok else None)
+        if preflight and scope["method"] == "OPTIONS":
+            if ok:
+                await _answer(send, 204, preflight_headers(origin, scope["headers"]))
+            else:
+                await _answer(send, 400, [VARY])
             return
-        if not ok:
-            await self.app(scope, receive, send)  # type: ignore[misc]
-            return
-        extra = [
-            (b"access-control-allow-origin", origin.encode("latin-1")),
-            (b"access-control-expose-headers", EXPOSED),
-            (b"vary", b"Origin"),
-        ]
+        extra = [VARY]
+        if ok:
+            extra += [
+                (b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"access-control-expose-headers", EXPOSED),
+            ]
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -79,24 +128,8 @@ class CORS:
 
         await self.app(scope, receive, send_with_cors)  # type: ignore[misc]
 
-    async def _preflight(self, scope: Scope, send: Send, origin: str | None) -> None:
-        headers = [(b"vary", b"Origin"), (b"content-length", b"0")]
-        status = 400
-        if origin is not None:
-            status = 204
-            asked = b""
-            for name, value in scope["headers"]:
-                if name == b"access-control-request-headers":
-                    asked = value
-            names = [h.strip().lower() for h in asked.decode("latin-1").split(",") if h.strip()]
-            allow = (
-                ", ".join(h for h in names if header_allowed(h)) or "authorization, content-type"
-            )
-            headers += [
-                (b"access-control-allow-origin", origin.encode("latin-1")),
-                (b"access-control-allow-methods", METHODS),
-                (b"access-control-allow-headers", allow.encode("latin-1")),
-                (b"access-control-max-age", b"600"),
-            ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
+
+async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = [*headers, (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
