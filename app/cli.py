@@ -32,7 +32,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def setup_logging(level: str, access_log: bool) -> None:
+def setup_logging(level: str) -> None:
     app_log = logging.getLogger("aoai_gateway")
     if not app_log.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -40,13 +40,6 @@ def setup_logging(level: str, access_log: bool) -> None:
         app_log.addHandler(handler)
     app_log.setLevel(level.upper())
     app_log.propagate = False
-    access = logging.getLogger("aoai_gateway.access")
-    access.propagate = False
-    if not access.handlers:
-        out = logging.StreamHandler(sys.stdout)
-        out.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(out)
-    access.setLevel(logging.INFO if access_log else logging.WARNING)
 
 
 def _config_path(args: argparse.Namespace) -> Path | None:
@@ -69,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    setup_logging(args.log_level, not args.no_access_log)
+    setup_logging(args.log_level)
     path = _config_path(args)
     common = dict(
         host=args.host,
@@ -80,19 +73,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=args.grace,
         server_header=False,
+        proxy_headers=False,
         lifespan="on",
     )
     if args.workers > 1:
+        os.environ["AOAI_GATEWAY_ACCESS_LOG"] = "0" if args.no_access_log else "1"
         if path is not None:
             os.environ["AOAI_GATEWAY_CONFIG"] = str(path.resolve())
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
                 prefix="aoai-gateway-metrics-"
             )
-        uvicorn.run("app.server:create_app", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
+        uvicorn.run("app.server:create_app", factory=True, workers=args.workers, **common)
         return 0
-    server = Server(make_loader(path, os.environ), watch=path if args.watch else None)
-    uvicorn.run(server, **common)  # type: ignore[arg-type]
+    server = Server(
+        make_loader(path, os.environ),
+        watch=path if args.watch else None,
+        access_log=not args.no_access_log,
+    )
+    uvicorn.run(server, **common)
     return 0
 
 

@@ -14,6 +14,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.accesslog import AccessLog
 from app.auth import KeyTable
 from app.config import Config
 from app.failover import Policy
@@ -35,6 +36,7 @@ class Services:
     usage: Usage
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     recent: Recent = field(default_factory=Recent)  # the status page's window
+    access_log: AccessLog | None = None
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run bookkeeping after the response without holding it up."""

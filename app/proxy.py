@@ -45,10 +45,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("aoai_gateway")
-access_log = logging.getLogger("aoai_gateway.access")
 
 # Azure response headers a client may use; everything else stays behind.
 _PASS = (b"x-ms-region", b"apim-request-id", b"x-ratelimit-")
+WATCH_AFTER = 0.02  # seconds before a request starts listening for a disconnect
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -87,12 +87,11 @@ async def handle_chat(
     rec = Record(request_id=rid.decode("latin-1") if rid else new_request_id(), started=started)
     task = asyncio.current_task()
     assert task is not None
-    watch: asyncio.Task[None] | None = None
-    gone = asyncio.Event()
+    watch = _Watch(receive, task)
     try:
         try:
             body = await _read_body(gw, headers, receive)
-            watch = asyncio.get_running_loop().create_task(_watch(receive, task, gone))
+            watch.arm()
             await _serve(gw, headers, body, path_model, rec, send)
         except GatewayError as exc:
             rec.status = exc.status
@@ -107,24 +106,54 @@ async def handle_chat(
                     send, GatewayError("The gateway failed on this request."), rec.request_id
                 )
     except asyncio.CancelledError:
-        if not gone.is_set():
+        if not watch.gone:
             raise
         task.uncancel()
         rec.status = 499  # the client went away; nobody left to answer
         rec.error = "client_disconnected"
     finally:
-        if watch is not None:
-            watch.cancel()
+        watch.disarm()
         _finish(gw, rec)
 
 
-async def _watch(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            gone.set()
-            task.cancel()
-            return
+class _Watch:
+    """Cancels the request when the client disconnects.
+
+    Listening needs a task reading `receive()`; most requests finish before
+    `WATCH_AFTER`, so the task is only started for those still running then
+    (a timer costs far less than a task). A disconnect is noticed within
+    `WATCH_AFTER` of happening, or at once once the watch runs.
+    """
+
+    __slots__ = ("gone", "receive", "task", "timer", "watcher")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        self.receive = receive
+        self.task = task
+        self.gone = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.watcher: asyncio.Task[None] | None = None
+
+    def arm(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self.timer = None
+        self.watcher = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                self.task.cancel()
+                return
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
 
 
 def _wanted_headers(scope: Scope) -> dict[bytes, bytes]:
@@ -343,23 +372,21 @@ def _finish(gw: Gateway, rec: Record) -> None:
         total = rec.tokens.get("prompt_tokens", 0) + rec.tokens.get("completion_tokens", 0)
         if total and rec.count_tokens:
             services.spawn(services.state.add_tokens(rec.key, total, time.time()))
-    if access_log.isEnabledFor(logging.INFO):
+    if services.access_log is not None:
         target = rec.trace.target
-        access_log.info(
-            orjson.dumps(
-                {
-                    "request_id": rec.request_id,
-                    "key": rec.key,
-                    "model": model,
-                    "resource": target.resource if target else None,
-                    "deployment": target.deployment if target else None,
-                    "status": rec.status,
-                    "stream": rec.stream,
-                    "attempts": rec.trace.attempts,
-                    "ttft_ms": round(rec.ttft * 1000, 2) if rec.ttft is not None else None,
-                    "duration_ms": round(duration * 1000, 2),
-                    "tokens": rec.tokens or None,
-                    "error": rec.error,
-                }
-            ).decode()
+        services.access_log.write(
+            {
+                "request_id": rec.request_id,
+                "key": rec.key,
+                "model": model,
+                "resource": target.resource if target else None,
+                "deployment": target.deployment if target else None,
+                "status": rec.status,
+                "stream": rec.stream,
+                "attempts": rec.trace.attempts,
+                "ttft_ms": round(rec.ttft * 1000, 2) if rec.ttft is not None else None,
+                "duration_ms": round(duration * 1000, 2),
+                "tokens": rec.tokens or None,
+                "error": rec.error,
+            }
         )

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from app.accesslog import AccessLog
 from app.api import build_api
 from app.config import Config, ConfigError, config_from_env, load, resolve_path
 from app.cors import CORS
@@ -71,11 +72,13 @@ class Server:
         loader: Loader,
         *,
         watch: Path | None = None,
+        access_log: bool = True,
         make_state: Callable[[Config, Metrics], State] | None = None,
         make_store: Callable[[Config], Store] | None = None,
     ) -> None:
         self.loader = loader
         self.watch = watch
+        self.access_log = access_log
         self._make_state = make_state or default_state
         self._make_store = make_store or default_store
         self.gateway: Gateway | None = None
@@ -146,6 +149,8 @@ class Server:
         state = self._make_state(config, metrics)
         usage = Usage(self._make_store(config))
         self.services = Services(make_upstream(os.environ), state, metrics, usage)
+        if self.access_log:
+            self.services.access_log = AccessLog()
         await state.start()
         await usage.start()
         self.gateway = Gateway(config, self.services)
@@ -168,6 +173,8 @@ class Server:
             await s.usage.close()
             await s.state.close()
             await s.upstream.aclose()
+            if s.access_log is not None:
+                s.access_log.flush()
 
     def _cooling_source(self) -> Any:
         gw = self.gateway
@@ -269,4 +276,5 @@ def make_loader(path: Path | None, environ: Mapping[str, str]) -> Loader:
 def create_app() -> Server:
     """uvicorn factory for `--workers N`: configuration from the environment."""
     path = resolve_path(None, os.environ)
-    return Server(make_loader(path, os.environ))
+    access_log = os.environ.get("AOAI_GATEWAY_ACCESS_LOG", "1") != "0"
+    return Server(make_loader(path, os.environ), access_log=access_log)
