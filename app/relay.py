@@ -45,7 +45,11 @@ class SSEFilter:
         block, self._buf = (data, b"") if end == len(data) else (data[:end], data[end:])
         if block.count(_SEP) == 1:  # the common case: one event per read
             return block if _DELTA in block else self._event(block[:-2])
-        return b"".join(self._event(e) for e in block.split(_SEP) if e)
+        events = block.split(_SEP)
+        for event in events:
+            if event and _DELTA not in event:
+                return b"".join([self._event(e) for e in events if e])
+        return block  # every event is a normal chunk: forward the read as is
 
     def _event(self, event: bytes) -> bytes:
         if _DELTA in event:
