@@ -25,6 +25,7 @@ from app.errors import (
 from app.gateway import Gateway
 from app.metrics import CONTENT_TYPE
 from app.status import admin_caller, collect, render
+from app.usage import StoreUnavailable
 
 
 def build_api(current: Callable[[], Gateway], loaded_at: Callable[[], int]) -> FastAPI:
@@ -116,7 +117,17 @@ def build_api(current: Callable[[], Gateway], loaded_at: Callable[[], int]) -> F
         _: Annotated[Caller, Depends(admin)],
         since: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$")] = None,
     ) -> JSONResponse:
-        report = await gw.services.usage.report(since)
+        if since is not None:
+            try:
+                dt.date.fromisoformat(since)
+            except ValueError:
+                raise BadRequest(f"since: '{since}' is not a date", param="since") from None
+        try:
+            report = await gw.services.usage.report(since)
+        except StoreUnavailable as exc:
+            err = GatewayError(f"The usage store is unavailable ({exc}).", code="usage_unavailable")
+            err.status = 503
+            raise err from None
         return JSONResponse(
             {"keys": report, "since": since, "as_of": dt.datetime.now(dt.UTC).isoformat()}
         )

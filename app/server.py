@@ -34,7 +34,7 @@ from app.metrics import Metrics
 from app.proxy import Message, Receive, Scope, Send, handle_chat, new_request_id, send_error
 from app.state import MemoryState, State
 from app.upstream import AiohttpUpstream, Upstream
-from app.usage import SQLiteStore, Store, Usage
+from app.usage import RedisStore, SQLiteStore, Store, Usage
 
 log = logging.getLogger("aoai_gateway")
 
@@ -250,6 +250,8 @@ def default_state(config: Config, metrics: Metrics) -> State:
 
 
 def default_store(config: Config) -> Store:
+    if config.state.redis_url:
+        return RedisStore(config.state.redis_url)
     return SQLiteStore(config.state.path or DEFAULT_USAGE_PATH)
 
 

@@ -2,8 +2,13 @@
 
 A request adds to an in-memory tally (a dict update); a background task
 flushes the tally every `flush_interval` seconds to the store - an embedded
-SQLite file by default, Redis when shared - and once more at shutdown, so
-usage survives a restart. Reports add what is not yet flushed.
+SQLite file by default (`SQLiteStore`), Redis when `state.redis_url` is set
+(`RedisStore`, shared by every replica) - and once more at shutdown, so usage
+survives a restart. Reports add what this process has not flushed yet; other
+replicas' counts appear once they flush (within `flush_interval`).
+
+If the store fails, the tally stays in memory and the next flush tries again;
+the failure is logged once, and so is the recovery.
 """
 
 from __future__ import annotations
@@ -11,11 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import sqlite3
+import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+import orjson
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("aoai_gateway")
 
@@ -27,7 +39,20 @@ Report = dict[str, dict[str, dict[str, int]]]
 
 
 def today() -> str:
-    return dt.datetime.now(dt.UTC).date().isoformat()
+    """The UTC date as YYYY-MM-DD; formatted once per day (it is on the hot path)."""
+    return _day_name(int(time.time() // 86400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day_name(day: int) -> str:
+    return dt.date.fromordinal(_EPOCH_ORDINAL + day).isoformat()
+
+
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+
+class StoreUnavailable(Exception):
+    """The usage store did not answer; the message names it, never a secret."""
 
 
 class Store(Protocol):
@@ -88,11 +113,66 @@ class SQLiteStore:
             self._db.close()
 
 
+class RedisStore:
+    """Usage shared by every replica: one hash per day, one field per key x model x counter.
+
+        {prefix}usage:days        set   the days that have usage
+        {prefix}usage:{day}       hash  ["alice","gpt-4o","prompt_tokens"] -> n
+
+    A flush is one MULTI/EXEC of HINCRBYs, so it lands whole or not at all
+    (and is then retried whole). Durability across a Redis restart is Redis's
+    own (RDB/AOF).
+    """
+
+    def __init__(self, redis_url: str, prefix: str = "aoai-gateway:", timeout: float = 2.0):
+        from app.redis_state import connect, describe
+
+        self.redis: Redis = connect(redis_url, timeout)
+        self.where = describe(self.redis)
+        self._days = prefix + "usage:days"
+        self._day = prefix + "usage:"
+
+    async def add(self, tally: Tally) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        for (day, key, model), counts in tally.items():
+            pipe.sadd(self._days, day)
+            for name, n in counts.items():
+                if n:
+                    pipe.hincrby(self._day + day, orjson.dumps([key, model, name]).decode(), n)
+        try:
+            await pipe.execute()
+        except Exception as exc:
+            raise StoreUnavailable(f"redis at {self.where}: {exc}") from None
+
+    async def read(self, since: str | None) -> Tally:
+        try:
+            members = await self.redis.smembers(self._days)
+            days = sorted(d.decode() if isinstance(d, bytes) else d for d in members)
+            days = [d for d in days if not since or d >= since]
+            pipe = self.redis.pipeline(transaction=False)
+            for day in days:
+                pipe.hgetall(self._day + day)
+            hashes = await pipe.execute()
+        except Exception as exc:
+            raise StoreUnavailable(f"redis at {self.where}: {exc}") from None
+        out: Tally = {}
+        for day, fields in zip(days, hashes, strict=True):
+            for field, n in fields.items():
+                key, model, name = orjson.loads(field)
+                out.setdefault((day, key, model), {})[name] = int(n)
+        return out
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
 class Usage:
     def __init__(self, store: Store, flush_interval: float = 2.0) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self._pending: Tally = defaultdict(dict)
+        self._flushing: Tally = {}  # handed to the store, not yet confirmed
+        self._failing = False
         self._task: asyncio.Task[None] | None = None
 
     def record(self, key: str, model: str, counts: dict[str, int]) -> None:
@@ -109,23 +189,31 @@ class Usage:
             await asyncio.sleep(self.flush_interval)
             await self.flush()
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Hand the tally to the store; on failure keep it for the next flush."""
         if not self._pending:
-            return
-        tally, self._pending = self._pending, defaultdict(dict)
+            return True
+        self._flushing, self._pending = dict(self._pending), defaultdict(dict)
         try:
-            await self.store.add(dict(tally))
+            await self.store.add(self._flushing)
         except Exception as exc:  # keep serving; try again next time
-            log.error("usage store failed (%s); keeping %d rows in memory", exc, len(tally))
-            for row, counts in tally.items():
-                mine = self._pending[row]
-                for name, n in counts.items():
-                    mine[name] = mine.get(name, 0) + n
+            if not self._failing:
+                log.error("usage: store failed (%s); keeping the counts in memory", exc)
+            self._failing = True
+            _merge(self._pending, self._flushing)
+            return False
+        finally:
+            self._flushing = {}
+        if self._failing:
+            log.warning("usage: store answers again; pending counts written")
+            self._failing = False
+        return True
 
     async def report(self, since: str | None = None) -> Report:
+        """Per key and model; raises `StoreUnavailable` if the store cannot be read."""
         stored = await self.store.read(since)
         out: Report = {}
-        for source in (stored, self._pending):
+        for source in (stored, self._flushing, self._pending):
             for (day, key, model), counts in source.items():
                 if since and day < since:
                     continue
@@ -139,5 +227,14 @@ class Usage:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        if not await self.flush():
+            rows = len(self._pending)
+            log.error("usage: %d rows could not be written at shutdown and are lost", rows)
         await self.store.close()
+
+
+def _merge(into: Tally, tally: Tally) -> None:
+    for row, counts in tally.items():
+        mine = into[row]
+        for name, n in counts.items():
+            mine[name] = mine.get(name, 0) + n

@@ -1,0 +1,322 @@
+"""`RedisState`: limits, cooldowns and rejected keys shared by every replica.
+
+Layout (every key under `prefix`, default ``aoai-gateway:``):
+
+    {prefix}cooling        hash  target id -> until (epoch seconds)
+    {prefix}rejected       hash  key id    -> until
+    {prefix}rpm:{name}     zset  one member per admitted request, scored by its time
+    {prefix}tpm:{name}     hash  epoch second -> tokens counted in that second
+
+The hot path reads cooldowns and rejected keys synchronously, so they are
+served from a local `MemoryState` mirror: a write lands in the mirror at once
+and goes to Redis in a background task (an atomic max-merge script); a
+refresher task reads both hashes every `refresh` seconds. A cooldown set by
+one replica is therefore seen by the others within `refresh` plus one round
+trip (under a second with the defaults).
+
+`admit()` is the one call that waits on Redis: one script that trims the
+window, checks rpm and tpm and counts the request, atomically, bounded by
+`timeout`. Every admitted request and every token count is also kept in the
+mirror, so when Redis is unreachable the gateway carries on with this
+replica's own windows (MemoryState semantics): it logs the outage once, sets
+`aoai_gateway_state_backend_up{backend="redis"}` to 0, sends nothing more to
+Redis until a background ping succeeds, then pushes the cooldowns it learnt
+meanwhile and logs the recovery. No request ever waits on a dead Redis for
+longer than `timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from app.config import ConfigError
+from app.metrics import Metrics
+from app.state import WINDOW, MemoryState
+
+log = logging.getLogger("aoai_gateway")
+
+DEFAULT_PREFIX = "aoai-gateway:"
+TIMEOUT = 0.25  # seconds: the longest any request waits on Redis
+REFRESH = 0.5  # seconds between two reads of the shared cooldowns
+
+# Failures that mean "Redis is not answering" (the client maps socket errors
+# to ConnectionError/TimeoutError, both RedisError; the rest is belt and braces).
+UNREACHABLE = (RedisError, OSError, asyncio.TimeoutError)
+
+# KEYS[1] hash; ARGV: field, until, now. Keeps the later of the two times
+# (replicas never shorten each other's cooldowns), drops expired fields and
+# lets the hash expire with its last entry.
+_MERGE = """
+local u = tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if u > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+local now = tonumber(ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+local latest = 0
+for i = 1, #all, 2 do
+  local v = tonumber(all[i + 1])
+  if v <= now then redis.call('HDEL', KEYS[1], all[i])
+  elseif v > latest then latest = v end
+end
+if latest > 0 then redis.call('PEXPIREAT', KEYS[1], math.ceil(latest * 1000) + 1000) end
+return 0
+"""
+
+# KEYS[1] request zset, KEYS[2] token buckets; ARGV: now, rpm or '', tpm or '',
+# member, window. Returns nil when admitted (and counted), else the seconds to
+# wait as a string (a Lua number would be truncated to an integer).
+_ADMIT = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[5])
+local start = now - window
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', start)
+local rpm = tonumber(ARGV[2])
+if rpm and redis.call('ZCARD', KEYS[1]) >= rpm then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return tostring(tonumber(first[2]) + window - now)
+end
+local tpm = tonumber(ARGV[3])
+if tpm then
+  local buckets = redis.call('HGETALL', KEYS[2])
+  local total = 0
+  local oldest = nil
+  for i = 1, #buckets, 2 do
+    local sec = tonumber(buckets[i])
+    if sec + 1 <= start then redis.call('HDEL', KEYS[2], buckets[i])
+    else
+      total = total + tonumber(buckets[i + 1])
+      if oldest == nil or sec < oldest then oldest = sec end
+    end
+  end
+  if total >= tpm then return tostring(oldest + 1 + window - now) end
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+return false
+"""
+
+_TTL_MS = int(WINDOW * 1000) + 2000  # token buckets outlive the window a little
+
+
+def connect(redis_url: str, timeout: float) -> Redis:
+    """An asyncio client that fails fast: short socket timeouts, no retries."""
+    try:
+        return Redis.from_url(
+            redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+        )
+    except ValueError as exc:
+        raise ConfigError([f"state.redis_url: {exc}"]) from None
+
+
+def describe(client: Redis) -> str:
+    """host:port/db of a client, never its password."""
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix:{kw['path']}"
+    return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+class RedisState:
+    backend = "redis"
+
+    def __init__(
+        self,
+        redis_url: str,
+        metrics: Metrics,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = TIMEOUT,
+        refresh: float = REFRESH,
+    ) -> None:
+        self.local = MemoryState()
+        self.timeout = timeout
+        self.refresh = refresh
+        self.redis = connect(redis_url, timeout)
+        self.where = describe(self.redis)
+        self._gauge = metrics.backend_up.labels(self.backend)
+        self._cooling_key = prefix + "cooling"
+        self._rejected_key = prefix + "rejected"
+        self._rpm = prefix + "rpm:"
+        self._tpm = prefix + "tpm:"
+        self._merge = self.redis.register_script(_MERGE)
+        self._admit = self.redis.register_script(_ADMIT)
+        self._ids = itertools.count()
+        self._me = os.urandom(4).hex()
+        self._up: bool | None = None  # None until the first answer or failure
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self._up is True
+
+    # health ------------------------------------------------------------------
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._up is not False:
+            log.error(
+                "state: redis at %s unreachable (%s); serving with this replica's local "
+                "limits and cooldowns until it is back",
+                self.where,
+                type(exc).__name__ if not str(exc) else exc,
+            )
+        self._up = False
+        self._gauge.set(0)
+
+    def _mark_up(self) -> None:
+        if self._up is False:
+            log.warning(
+                "state: redis at %s is back; sharing state across replicas again", self.where
+            )
+        self._up = True
+        self._gauge.set(1)
+
+    # deployments and keys: mirror now, Redis in the background ---------------
+    def cooling_until(self, target_id: str) -> float:
+        return self.local.cooling_until(target_id)
+
+    def cool(self, target_id: str, until: float) -> None:
+        self.local.cool(target_id, until)
+        self._push(self._cooling_key, target_id, until)
+
+    def cooling(self, now: float) -> dict[str, float]:
+        return self.local.cooling(now)
+
+    def key_rejected(self, key_id: str, now: float) -> bool:
+        return self.local.key_rejected(key_id, now)
+
+    def reject_key(self, key_id: str, until: float) -> None:
+        if until > self.local.rejected_keys(0.0).get(key_id, 0.0):
+            self.local.reject_key(key_id, until)
+        self._push(self._rejected_key, key_id, until)
+
+    def rejected_keys(self, now: float) -> dict[str, float]:
+        return self.local.rejected_keys(now)
+
+    def _push(self, hash_key: str, field: str, until: float) -> None:
+        if self._up is False:
+            return  # pushed again by _recover() once Redis answers
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._spawn(loop, self._write(hash_key, field, until))
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, None]) -> None:
+        task = loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, hash_key: str, field: str, until: float) -> None:
+        try:
+            async with asyncio.timeout(self.timeout * 2):
+                await self._merge(keys=[hash_key], args=[field, repr(until), repr(time.time())])
+        except UNREACHABLE as exc:
+            self._mark_down(exc)
+
+    # limits ------------------------------------------------------------------
+    async def admit(self, name: str, rpm: int | None, tpm: int | None, now: float) -> float | None:
+        if self._up is not False:
+            member = f"{now!r}:{self._me}:{next(self._ids)}"
+            args = [repr(now), rpm or "", tpm or "", member, repr(WINDOW)]
+            try:
+                async with asyncio.timeout(self.timeout * 2):
+                    wait = await self._admit(keys=[self._rpm + name, self._tpm + name], args=args)
+            except UNREACHABLE as exc:
+                self._mark_down(exc)
+            else:
+                if wait is not None:
+                    return float(wait)
+                self.local.admit_now(name, None, None, now)  # keep the local window warm
+                return None
+        return self.local.admit_now(name, rpm, tpm, now)
+
+    async def add_tokens(self, name: str, tokens: int, now: float) -> None:
+        if tokens <= 0:
+            return
+        self.local.add_tokens_now(name, tokens, now)
+        if self._up is False:
+            return
+        key = self._tpm + name
+        try:
+            async with asyncio.timeout(self.timeout * 2):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.hincrby(key, str(int(now)), tokens)
+                pipe.pexpire(key, _TTL_MS)
+                await pipe.execute()
+        except UNREACHABLE as exc:
+            self._mark_down(exc)
+
+    # background --------------------------------------------------------------
+    async def pull(self) -> None:
+        """Merge the shared cooldowns and rejected keys into the mirror."""
+        async with asyncio.timeout(self.timeout * 2):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self._cooling_key)
+            pipe.hgetall(self._rejected_key)
+            cooling, rejected = await pipe.execute()
+        for field, until in cooling.items():
+            self.local.cool(field.decode(), float(until))
+        mine = self.local.rejected_keys(0.0)
+        for field, until in rejected.items():
+            key_id, value = field.decode(), float(until)
+            if value > mine.get(key_id, 0.0):
+                self.local.reject_key(key_id, value)
+
+    async def _recover(self) -> None:
+        """Redis answers again: share what this replica learnt meanwhile."""
+        now = time.time()
+        for hash_key, entries in (
+            (self._cooling_key, self.local.cooling(now)),
+            (self._rejected_key, self.local.rejected_keys(now)),
+        ):
+            for field, until in entries.items():
+                async with asyncio.timeout(self.timeout * 2):
+                    await self._merge(keys=[hash_key], args=[field, repr(until), repr(now)])
+
+    async def sync(self) -> None:
+        """One round of the background loop: refresh the mirror, or probe a dead Redis."""
+        try:
+            if self._up is not True:
+                async with asyncio.timeout(self.timeout * 2):
+                    await self.redis.ping()
+                if self._up is False:
+                    await self._recover()
+            await self.pull()
+        except UNREACHABLE as exc:
+            self._mark_down(exc)
+        else:
+            self._mark_up()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh)
+            await self.sync()
+
+    async def start(self) -> None:
+        await self.sync()
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.redis.aclose()
