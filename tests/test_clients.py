@@ -38,6 +38,17 @@ def recorded() -> Iterator[tuple[httpx.Client, list[httpx.Request]]]:
         yield http, sent
 
 
+def azure_client(gw: Any, http: httpx.Client, key: str = GATEWAY_KEY, **kw: Any) -> Any:
+    return openai.AzureOpenAI(
+        azure_endpoint=gw.url,
+        api_version=CLIENT_API_VERSION,
+        api_key=key,
+        max_retries=0,
+        http_client=http,
+        **kw,
+    )
+
+
 def assert_upstream_is_the_gateways_own(sim: Any) -> None:
     """Azure saw the gateway's key and api-version, nothing of the client's."""
     last = sim["sweden"].requests()[-1]
@@ -84,13 +95,7 @@ def test_azure_openai_class_sends_api_key_to_the_deployment_route(
 ) -> None:
     gw = start_gateway(base_config(sim))
     http, sent = recorded
-    client = openai.AzureOpenAI(
-        azure_endpoint=gw.url,
-        api_version=CLIENT_API_VERSION,
-        api_key=GATEWAY_KEY,
-        max_retries=0,
-        http_client=http,
-    )
+    client = azure_client(gw, http)
     messages: Any = [{"role": "user", "content": PROMPT}]
     if stream:
         chunks = client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
@@ -113,14 +118,7 @@ def test_azure_openai_class_with_azure_deployment(
     """`azure_deployment=` puts the name in the base URL: the path names the model."""
     gw = start_gateway(base_config(sim))
     http, sent = recorded
-    client = openai.AzureOpenAI(
-        azure_endpoint=gw.url,
-        azure_deployment="gpt-4o-mini",
-        api_version=CLIENT_API_VERSION,
-        api_key=GATEWAY_KEY,
-        max_retries=0,
-        http_client=http,
-    )
+    client = azure_client(gw, http, azure_deployment="gpt-4o-mini")
     stream = client.chat.completions.create(
         model="ignored-by-the-route", messages=[{"role": "user", "content": PROMPT}], stream=True
     )
@@ -139,14 +137,7 @@ def test_azure_openai_class_with_api_key_and_bearer_both(
     """openai-python up to 2.33 sent `api-key` and a Bearer with the same key."""
     gw = start_gateway(base_config(sim))
     http, sent = recorded
-    client = openai.AzureOpenAI(
-        azure_endpoint=gw.url,
-        api_version=CLIENT_API_VERSION,
-        api_key=GATEWAY_KEY,
-        default_headers={"Authorization": f"Bearer {GATEWAY_KEY}"},
-        max_retries=0,
-        http_client=http,
-    )
+    client = azure_client(gw, http, default_headers={"Authorization": f"Bearer {GATEWAY_KEY}"})
     done = client.chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": PROMPT}]
     )
@@ -154,13 +145,7 @@ def test_azure_openai_class_with_api_key_and_bearer_both(
     assert sent[-1].headers["authorization"] == f"Bearer {GATEWAY_KEY}"
     assert sent[-1].headers["api-key"] == GATEWAY_KEY
 
-    wrong = openai.AzureOpenAI(
-        azure_endpoint=gw.url,
-        api_version=CLIENT_API_VERSION,
-        api_key="wrong",
-        max_retries=0,
-        http_client=http,
-    )
+    wrong = azure_client(gw, http, key="wrong")
     with pytest.raises(openai.AuthenticationError):
         wrong.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
 

@@ -158,13 +158,17 @@ def open_page(origin: str, gateway: str, model: str, tmp_path: Path) -> dict[str
     return result
 
 
+def cors_config(sim: Any, *origins: str) -> dict[str, Any]:
+    config = base_config(sim)
+    config["gateway"]["cors_origins"] = list(origins)
+    return config
+
+
 def test_listed_origin_streams_a_chat_in_the_browser(
     sim: Any, start_gateway: Any, page_origin: Any, tmp_path: Path
 ) -> None:
     origin = page_origin()
-    config = base_config(sim)
-    config["gateway"]["cors_origins"] = [origin]
-    gw = start_gateway(config)
+    gw = start_gateway(cors_config(sim, origin))
 
     seen = open_page(origin, gw.url, "gpt-4o", tmp_path)
     assert "error" not in seen, seen
@@ -182,9 +186,7 @@ def test_listed_origin_can_read_retry_after_on_429(
     sim: Any, start_gateway: Any, page_origin: Any, tmp_path: Path
 ) -> None:
     origin = page_origin()
-    config = base_config(sim)
-    config["gateway"]["cors_origins"] = [origin]
-    gw = start_gateway(config)
+    gw = start_gateway(cors_config(sim, origin))
     sim["eastus"].fault("429", retry_after=7)
 
     seen = open_page(origin, gw.url, "gpt-4o-mini", tmp_path)
@@ -199,9 +201,7 @@ def test_unlisted_origin_is_blocked_by_the_browser(
     sim: Any, start_gateway: Any, page_origin: Any, tmp_path: Path
 ) -> None:
     listed, unlisted = page_origin(), page_origin()
-    config = base_config(sim)
-    config["gateway"]["cors_origins"] = [listed]
-    gw = start_gateway(config)
+    gw = start_gateway(cors_config(sim, listed))
 
     seen = open_page(unlisted, gw.url, "gpt-4o", tmp_path)
     assert seen == {"error": "TypeError: Failed to fetch"}
