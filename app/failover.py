@@ -2,24 +2,35 @@
 
 `connect()` returns the first upstream response worth relaying (2xx, or a 4xx
 about the request itself, which every region would answer alike), or raises
-the `GatewayError` that sums up why nothing could serve. It never reads a
-successful body: relaying is `app.relay`'s job, so streams stay streams.
+the `GatewayError` that sums up why nothing could serve. A stream is returned
+unread (relaying it is `app.relay`'s job, so streams stay streams); a body the
+caller wants whole (`buffer=True`) is read here, because until it is complete
+nothing has reached the client and a body cut short can still fail over.
 
 Rules (README "How failover works"):
 - candidates come from `routing.order`: priority, weight, cooling ones skipped;
-- 401/403: next key of the same resource; the key is remembered as rejected;
-- 429: the deployment cools for the upstream's Retry-After (else `cooldown`);
-- 5xx, timeout, connection error: the deployment cools for `cooldown`;
-- 404: next deployment, with a warning naming it;
+- 401/403: next key of the same resource; the key is remembered as rejected
+  for `rejected_key_ttl`;
+- 429: the deployment cools for the upstream's `retry-after-ms`, else
+  `retry-after`, else `cooldown`; next candidate;
+- 5xx, timeout to first byte, connection error, body cut short: the deployment
+  cools for `cooldown`; next candidate;
+- 404 (DeploymentNotFound): next candidate, with a warning naming it;
 - other 4xx: returned to the caller as is;
 - at most `max_attempts` upstream calls.
+
+When nothing served (`_give_up`): if any candidate is throttled or was skipped
+while cooling, capacity comes back at a known time, so the caller gets 429 with
+the moment the first candidate recovers; otherwise every candidate failed hard
+and the caller gets 502 (504 if every one timed out). A cancelled request (the
+client hung up) leaves through `CancelledError` and touches no state.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,9 +44,24 @@ from app.errors import (
 )
 from app.routing import Target
 from app.state import State
-from app.upstream import ConnectFailed, Outcome, Response, TimedOut, Timeouts, Upstream, classify
+from app.upstream import (
+    ConnectFailed,
+    Outcome,
+    Response,
+    StreamBroken,
+    TimedOut,
+    Timeouts,
+    Upstream,
+    classify,
+)
 
 log = logging.getLogger("aoai_gateway")
+
+# failure reasons in `Trace.failures`
+THROTTLED = "throttled"
+KEY_REJECTED = "key rejected"
+KEYS_REJECTED = "keys rejected"
+TIMEOUT = "timeout"
 
 
 class Recorder(Protocol):
@@ -62,6 +88,41 @@ class Trace:
     failures: list[tuple[Target, str]] = field(default_factory=list)
 
 
+class _Read:
+    """A response whose body was read inside the loop."""
+
+    __slots__ = ("_body", "_resp", "status")
+
+    def __init__(self, resp: Response, body: bytes) -> None:
+        self._resp = resp
+        self._body = body
+        self.status = resp.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._resp.headers
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+
+@dataclass(slots=True)
+class _Outlook:
+    """When capacity comes back, gathered while the loop runs."""
+
+    recovers: float | None  # earliest moment a cooling candidate is back
+    throttled: bool  # some candidate is throttled or cooling: waiting helps
+
+    def cooling(self, until: float) -> None:
+        self.recovers = until if self.recovers is None else min(self.recovers, until)
+
+
 async def connect(
     upstream: Upstream,
     state: State,
@@ -71,20 +132,24 @@ async def connect(
     body_for: Callable[[Target], bytes],
     recorder: Recorder,
     trace: Trace,
+    *,
+    buffer: bool = False,
 ) -> Response:
-    throttled_until = recovers  # earliest moment a throttled/cooling candidate is back
-    hard_failure = False
+    """The first response worth relaying; `recovers` is when the first candidate
+    that `routing.order` skipped as cooling is back (None if none was)."""
+    outlook = _Outlook(recovers, recovers is not None)
     for target in ordered:
         now = time.time()
         keys = [k for k in target.keys if not state.key_rejected(k.id, now)]
         if not keys:
-            trace.failures.append((target, "keys rejected"))
-            hard_failure = True
+            trace.failures.append((target, KEYS_REJECTED))
             continue
         body = body_for(target)
         for key in keys:
             if trace.attempts >= policy.max_attempts:
-                raise _give_up(trace, throttled_until, hard_failure, policy)
+                if outlook.throttled:
+                    outlook.recovers = time.time()  # this candidate is untried and ready now
+                raise _give_up(trace, outlook, exhausted=True)
             trace.attempts += 1
             trace.target = target
             try:
@@ -92,17 +157,25 @@ async def connect(
                     target.url, azure.request_headers(key.value), body, timeout=policy.timeouts
                 )
             except (TimedOut, ConnectFailed) as exc:
-                reason = "timeout" if isinstance(exc, TimedOut) else "connect_error"
+                reason = TIMEOUT if isinstance(exc, TimedOut) else "connect_error"
                 recorder.upstream(target, reason)
-                _cool(state, target, policy.cooldown)
-                trace.failures.append((target, reason))
-                hard_failure = True
-                recorder.failover(reason)
+                _down(state, target, policy, outlook, trace, reason, recorder)
                 break
             recorder.upstream(target, str(resp.status))
             outcome = classify(resp.status)
             if outcome is Outcome.OK or outcome is Outcome.CLIENT_ERROR:
-                return resp
+                if not buffer:
+                    return resp
+                try:
+                    return _Read(resp, await resp.read())
+                except StreamBroken as exc:
+                    log.warning("body from %s broke before it was complete: %s", target.id, exc)
+                    await resp.aclose()
+                    _down(state, target, policy, outlook, trace, "stream_error", recorder)
+                    break
+                except BaseException:
+                    await resp.aclose()
+                    raise
             await resp.aclose()
             if outcome is Outcome.KEY_REJECTED:
                 state.reject_key(key.id, time.time() + policy.rejected_key_ttl)
@@ -112,15 +185,16 @@ async def connect(
                     key.id,
                     resp.status,
                 )
-                trace.failures.append((target, "key rejected"))
+                trace.failures.append((target, KEY_REJECTED))
                 recorder.failover("key_rejected")
                 continue
             if outcome is Outcome.THROTTLED:
                 wait = azure.retry_after(resp.headers)
                 until = time.time() + (policy.cooldown if wait is None else wait)
                 state.cool(target.id, until)
-                throttled_until = until if throttled_until is None else min(throttled_until, until)
-                trace.failures.append((target, "throttled"))
+                outlook.cooling(until)
+                outlook.throttled = True
+                trace.failures.append((target, THROTTLED))
                 recorder.failover("throttled")
                 break
             if outcome is Outcome.NOT_FOUND:
@@ -131,42 +205,49 @@ async def connect(
                     target.model,
                 )
                 trace.failures.append((target, "deployment not found"))
-                hard_failure = True
                 recorder.failover("not_found")
                 break
-            _cool(state, target, policy.cooldown)  # 5xx
-            trace.failures.append((target, f"HTTP {resp.status}"))
-            hard_failure = True
-            recorder.failover("server_error")
+            _down(state, target, policy, outlook, trace, f"HTTP {resp.status}", recorder)
             break
-    raise _give_up(trace, throttled_until, hard_failure, policy)
+    raise _give_up(trace, outlook, exhausted=False)
 
 
-def _cool(state: State, target: Target, seconds: float) -> None:
-    if seconds > 0:
-        state.cool(target.id, time.time() + seconds)
+def _down(
+    state: State,
+    target: Target,
+    policy: Policy,
+    outlook: _Outlook,
+    trace: Trace,
+    reason: str,
+    recorder: Recorder,
+) -> None:
+    """5xx, timeout, connection error: the deployment sits out `cooldown`."""
+    if policy.cooldown > 0:
+        until = time.time() + policy.cooldown
+        state.cool(target.id, until)
+        outlook.cooling(until)
+    trace.failures.append((target, reason))
+    recorder.failover("server_error" if reason.startswith("HTTP") else reason)
 
 
-def _give_up(
-    trace: Trace, throttled_until: float | None, hard_failure: bool, policy: Policy
-) -> GatewayError:
-    if not hard_failure and throttled_until is not None:
-        return RateLimited(
-            "Every deployment of this model is throttled or cooling down; retry after the "
-            "time in the retry-after header.",
-            throttled_until - time.time(),
-        )
-    reasons = [reason for _, reason in trace.failures]
+def _give_up(trace: Trace, outlook: _Outlook, *, exhausted: bool) -> GatewayError:
     summary = ", ".join(f"{t.id}: {reason}" for t, reason in trace.failures) or "none tried"
-    if reasons and all(r in ("key rejected", "keys rejected") for r in reasons):
+    if outlook.throttled and outlook.recovers is not None:
+        return RateLimited(
+            "No deployment of this model can take the request now; they are throttled or "
+            f"cooling down ({summary}). Retry after the time in the retry-after header.",
+            outlook.recovers - time.time(),
+        )
+    reasons = {reason for _, reason in trace.failures}
+    if reasons and reasons <= {KEY_REJECTED, KEYS_REJECTED}:
         names = sorted({t.resource for t, _ in trace.failures})
         return UpstreamKeysRejected(
             "Azure rejected every key of resource(s) " + ", ".join(names) + ": update their keys."
         )
-    if trace.attempts >= policy.max_attempts and trace.failures:
+    if exhausted:
         return UpstreamFailed(
             f"No deployment answered within {trace.attempts} attempts ({summary})."
         )
-    if reasons and all(r == "timeout" for r in reasons):
+    if reasons == {TIMEOUT}:
         return UpstreamTimeout(f"Every deployment timed out ({summary}).")
     return UpstreamFailed(f"No deployment could serve this request ({summary}).")

@@ -270,6 +270,7 @@ async def _serve(
         body_for,
         services.metrics,
         rec.trace,
+        buffer=not stream,  # a whole body can still fail over until it is complete
     )
     try:
         content_type = resp.headers.get("content-type", "")
