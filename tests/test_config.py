@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,6 +20,7 @@ from app.config import (
 )
 from app.routing import build_table
 from tests.conftest import ROOT
+from tests.test_cli import run
 
 RESOURCES = """
 resources:
@@ -532,22 +530,6 @@ def test_env_bad_endpoint_is_named() -> None:
 # --- the CLI path: exit 2, path-precise lines, no traceback ------------------------------------
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Any:
-    import os
-
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_OPENAI_")}
-    run_env.pop(ENV_CONFIG, None)
-    run_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        cwd=cwd,
-        env=run_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_check_bad_config_exits_2_with_precise_lines(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -564,7 +546,7 @@ models:
   gpt-4o: [eastus/gpt-4o]
 """
     )
-    result = run_cli("check", "--config", str(bad), cwd=tmp_path)
+    result = run("check", "--config", str(bad), cwd=tmp_path)
     assert result.returncode == 2
     assert "ALICE_GATEWAY_KEY is not set (gateway.keys[0].key)" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -572,7 +554,7 @@ models:
     bad.write_text(
         RESOURCES + "resorces: {}\nmodels:\n  gpt-4o: [eastus/a, {resource: westus, deployment: b}]"
     )
-    result = run_cli("check", "--config", str(bad), cwd=tmp_path)
+    result = run("check", "--config", str(bad), cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert "  - resorces: unknown key (check the spelling)" in lines
@@ -580,7 +562,7 @@ models:
     assert "Traceback" not in result.stdout + result.stderr
 
     bad.write_text(RESOURCES + "models:\n  gpt-4o: [eastus/a, {resource: westus, deployment: b}]")
-    result = run_cli("check", "--config", str(bad), cwd=tmp_path)
+    result = run("check", "--config", str(bad), cwd=tmp_path)
     assert result.returncode == 2
     assert "  - models.gpt-4o[1].resource: unknown resource 'westus'" in result.stderr.splitlines()
 
@@ -592,14 +574,14 @@ def test_check_unreadable_configs_exit_2_without_traceback(
     path = tmp_path / "c.yaml"
     if content is not None:
         path.write_bytes(content)
-    result = run_cli("check", "--config", str(path), cwd=tmp_path)
+    result = run("check", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert "invalid configuration" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_check_with_nothing_configured_says_how(tmp_path: Path) -> None:
-    result = run_cli("check", cwd=tmp_path)
+    result = run("check", cwd=tmp_path)
     assert result.returncode == 2
     assert "no configuration" in result.stderr and "--config" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -612,21 +594,21 @@ def test_check_uses_env_var_config_then_default_file(tmp_path: Path) -> None:
     )
     other = tmp_path / "other.yaml"
     other.write_text(RESOURCES + "models:\n  from-env-var: [eastus/d]\n")
-    result = run_cli("check", cwd=tmp_path)
+    result = run("check", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "from-default" in result.stdout
-    result = run_cli("check", cwd=tmp_path, env={ENV_CONFIG: str(other)})
+    result = run("check", cwd=tmp_path, env={ENV_CONFIG: str(other)})
     assert result.returncode == 0, result.stderr
     assert "from-env-var" in result.stdout and "from-default" not in result.stdout
     explicit = tmp_path / "explicit.yaml"
     explicit.write_text(RESOURCES + "models:\n  from-flag: [eastus/d]\n")
-    result = run_cli("check", "--config", str(explicit), cwd=tmp_path, env={ENV_CONFIG: str(other)})
+    result = run("check", "--config", str(explicit), cwd=tmp_path, env={ENV_CONFIG: str(other)})
     assert result.returncode == 0, result.stderr
     assert "from-flag" in result.stdout and "from-env-var" not in result.stdout
 
 
 def test_check_from_azure_openai_env(tmp_path: Path) -> None:
-    result = run_cli(
+    result = run(
         "check",
         cwd=tmp_path,
         env={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -134,13 +135,17 @@ def test_any_two_split_points_around_every_event_boundary() -> None:
                 assert sse.done
 
 
+def random_splits(data: bytes, seed: int, times: int) -> Iterator[list[bytes]]:
+    rng = random.Random(seed)
+    for _ in range(times):
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 12)))
+        yield [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
 def test_random_multi_splits_and_byte_by_byte() -> None:
-    rng = random.Random(7)
-    for _ in range(300):
-        cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 12)))
-        parts = [STREAM[a:b] for a, b in zip([0, *cuts], [*cuts, len(STREAM)], strict=True)]
+    for parts in random_splits(STREAM, seed=7, times=300):
         out, sse = feed_all(parts)
-        assert out == EXPECTED, cuts
+        assert out == EXPECTED, [len(p) for p in parts]
         assert sse.done and sse.usage == USAGE_OBJ
     out, sse = feed_all([STREAM[i : i + 1] for i in range(len(STREAM))])
     assert out == EXPECTED and sse.done
@@ -155,12 +160,9 @@ def test_crlf_input_at_any_split_point() -> None:
         out, sse = feed_all([crlf[:cut], crlf[cut:]])
         assert out == expected, cut
         assert sse.done, cut
-    rng = random.Random(11)
-    for _ in range(200):
-        cuts = sorted(rng.sample(range(1, len(crlf)), rng.randint(2, 10)))
-        parts = [crlf[a:b] for a, b in zip([0, *cuts], [*cuts, len(crlf)], strict=True)]
+    for parts in random_splits(crlf, seed=11, times=200):
         out, sse = feed_all(parts)
-        assert out == expected, cuts
+        assert out == expected, [len(p) for p in parts]
         assert sse.done
 
 
