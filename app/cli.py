@@ -77,6 +77,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     if args.workers > 1:
+        if not config.state.redis_url and any(k.rpm or k.tpm for k in config.gateway.keys):
+            logging.getLogger("aoai_gateway").warning(
+                "--workers %d without state.redis_url: each worker keeps its own rpm/tpm "
+                "windows, so a key may use up to %d times its limits; set state.redis_url "
+                "(see README: Team features)",
+                args.workers,
+                args.workers,
+            )
         os.environ["AOAI_GATEWAY_ACCESS_LOG"] = "0" if args.no_access_log else "1"
         if path is not None:
             os.environ["AOAI_GATEWAY_CONFIG"] = str(path.resolve())

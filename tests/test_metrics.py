@@ -145,8 +145,12 @@ def test_access_log_is_one_json_line_per_request_without_content_or_secrets(
 
 
 def test_counts_from_every_worker_add_up(sim: Any, start_gateway: Any, tmp_path: Path) -> None:
+    config = _config(sim)
+    config["gateway"]["keys"][0]["rpm"] = 10_000
     env = {"TMPDIR": str(tmp_path)}  # where `serve` creates PROMETHEUS_MULTIPROC_DIR
-    gw = start_gateway(_config(sim), "--workers", "2", env=env)
+    gw = start_gateway(config, "--workers", "2", env=env)
+    # limits without Redis are per worker: serve says so
+    assert "--workers 2 without state.redis_url" in gw.logs()
     [metrics_dir] = tmp_path.glob("aoai-gateway-metrics-*")
     n = 0
     deadline = time.monotonic() + 30
