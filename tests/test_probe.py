@@ -118,7 +118,9 @@ def test_probe_unreachable_resource_is_an_error_not_a_crash(tmp_path: Path) -> N
 def test_plan_probes_each_deployment_url_once_per_key() -> None:
     config = validate(
         {
-            "resources": {"r": {"endpoint": "https://r.openai.azure.com", "keys": ["secret-a", "secret-b"]}},
+            "resources": {
+                "r": {"endpoint": "https://r.openai.azure.com", "keys": ["secret-a", "secret-b"]}
+            },
             "models": {
                 "m1": ["r/d"],
                 "m2": ["r/d", {"resource": "r", "deployment": "d", "api": "legacy"}],
