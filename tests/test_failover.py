@@ -197,6 +197,22 @@ async def test_server_error_cools_for_cooldown_and_tries_the_next(
     assert state.cooling_until("west/gpt-4o") == 0.0
 
 
+@pytest.mark.anyio
+async def test_cooldown_is_per_deployment_not_per_resource(mock: respx.MockRouter) -> None:
+    # east/gpt-4o and east/gpt-4o-mini share a resource and a URL (v1: model in the body)
+    def by_deployment(request: httpx.Request) -> httpx.Response:
+        if b'"gpt-4o"' in request.content:
+            return httpx.Response(500)
+        return httpx.Response(200, json=OK_BODY)
+
+    east = mock.post(EAST).mock(side_effect=by_deployment)
+    state = MemoryState()
+    (code, _), _ = await run(table()["two-on-east"], state)
+    assert (code, east.call_count) == (200, 2)
+    assert set(state.cooling(time.time())) == {"east/gpt-4o"}
+    assert state.rejected_keys(time.time()) == {}
+
+
 @pytest.mark.parametrize(
     ("error", "reason"),
     [(httpx.ReadTimeout, "timeout"), (httpx.ConnectError, "connect_error")],
@@ -285,7 +301,7 @@ async def test_rejected_key_moves_to_the_next_key_of_the_same_resource_and_is_re
     east = mock.post(EAST).mock(side_effect=by_key)
     west = mock.post(WEST).respond(200, json=OK_BODY)
     state = MemoryState()
-    targets = table()["two-on-east"]
+    targets = table()["gpt-4o"]  # east, west, sweden
     before = time.time()
     (code, _), trace = await run(targets, state, policy(rejected_key_ttl=120.0))
     assert code == 200
@@ -298,8 +314,8 @@ async def test_rejected_key_moves_to_the_next_key_of_the_same_resource_and_is_re
     assert before + 120.0 <= rejected[key1] <= time.time() + 120.0
     assert state.cooling(time.time()) == {}  # a bad key says nothing of the deployment
 
-    # the next request (another deployment of the same resource too) skips key1
-    await run(targets[1:], state)
+    # the next request, to another deployment of the same resource too, skips key1
+    await run(table()["two-on-east"][1:], state)
     assert keys_used(east)[2:] == ["east-k2"]
 
 
