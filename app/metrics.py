@@ -140,12 +140,20 @@ class Metrics:
         child.inc()
 
     def failover(self, reason: str) -> None:
-        self.failovers.labels(reason).inc()
+        child = self._children.get(("f", reason))
+        if child is None:
+            child = self._children[("f", reason)] = self.failovers.labels(reason)
+        child.inc()
 
     def add_tokens(self, key: str, model: str, counts: dict[str, int]) -> None:
         for kind, n in counts.items():
             if n:
-                self.tokens.labels(key, model, kind.removesuffix("_tokens")).inc(n)
+                child = self._children.get(("k", key, model, kind))
+                if child is None:
+                    child = self._children[("k", key, model, kind)] = self.tokens.labels(
+                        key, model, kind.removesuffix("_tokens")
+                    )
+                child.inc(n)
 
     def render(self) -> bytes:
         return generate_latest(self._exposition)
