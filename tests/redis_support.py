@@ -11,6 +11,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -90,8 +91,14 @@ class RedisServer:
         self.stop()
         raise RuntimeError(f"redis-server on port {self.port} did not start")
 
+    def pause(self, paused: bool = True) -> None:
+        """SIGSTOP/SIGCONT: a Redis that accepts connections and never answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(5)
         self.proc = None

@@ -153,6 +153,29 @@ async def test_redis_outage_falls_back_then_recovers(
 
 
 @pytest.mark.anyio
+async def test_a_hung_redis_costs_one_short_timeout(own_redis: RedisServer) -> None:
+    metrics = Metrics()
+    state = RedisState(own_redis.url, metrics, refresh=0.1)
+    await state.start()
+    try:
+        own_redis.pause()
+        started = time.monotonic()
+        now = time.time()
+        results = await asyncio.gather(*(state.admit("alice", 5, None, now) for _ in range(5)))
+        assert results == [None] * 5
+        assert await state.admit("alice", 5, None, now) is not None  # local window: 5 counted
+        assert time.monotonic() - started < 2.0  # about one socket timeout, not one per call
+        assert _up(metrics) == 0.0
+        own_redis.pause(False)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _up(metrics) != 1.0:
+            await asyncio.sleep(0.05)
+        assert _up(metrics) == 1.0
+    finally:
+        await state.close()
+
+
+@pytest.mark.anyio
 async def test_usage_in_redis_is_shared_and_filtered_by_day(redis_url: str) -> None:
     one, two = Usage(RedisStore(redis_url)), Usage(RedisStore(redis_url))
     one.record("alice", "gpt-4o", {"prompt_tokens": 10, "completion_tokens": 5})
