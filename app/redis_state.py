@@ -108,6 +108,9 @@ return false
 """
 
 _TTL_MS = int(WINDOW * 1000) + 2000  # token buckets outlive the window a little
+# A cooldown or rejection that extends a known one by less than this is not
+# sent again: a burst of 429s makes one write, not one per request.
+_NEWS = 1.0
 
 
 def connect(redis_url: str, timeout: float) -> Redis:
@@ -191,8 +194,11 @@ class RedisState:
         return self.local.cooling_until(target_id)
 
     def cool(self, target_id: str, until: float) -> None:
-        self.local.cool(target_id, until)
-        self._push(self._cooling_key, target_id, until)
+        known = self.local.cooling_until(target_id)
+        if until > known:
+            self.local.cool(target_id, until)
+        if until > known + _NEWS:
+            self._push(self._cooling_key, target_id, until)
 
     def cooling(self, now: float) -> dict[str, float]:
         return self.local.cooling(now)
@@ -201,9 +207,11 @@ class RedisState:
         return self.local.key_rejected(key_id, now)
 
     def reject_key(self, key_id: str, until: float) -> None:
-        if until > self.local.rejected_keys(0.0).get(key_id, 0.0):
+        known = self.local.rejected_until(key_id)
+        if until > known:
             self.local.reject_key(key_id, until)
-        self._push(self._rejected_key, key_id, until)
+        if until > known + _NEWS:
+            self._push(self._rejected_key, key_id, until)
 
     def rejected_keys(self, now: float) -> dict[str, float]:
         return self.local.rejected_keys(now)
@@ -272,10 +280,9 @@ class RedisState:
             cooling, rejected = await pipe.execute()
         for field, until in cooling.items():
             self.local.cool(field.decode(), float(until))
-        mine = self.local.rejected_keys(0.0)
         for field, until in rejected.items():
             key_id, value = field.decode(), float(until)
-            if value > mine.get(key_id, 0.0):
+            if value > self.local.rejected_until(key_id):
                 self.local.reject_key(key_id, value)
 
     async def _recover(self) -> None:

@@ -81,6 +81,9 @@ class MemoryState:
     def key_rejected(self, key_id: str, now: float) -> bool:
         return self._rejected.get(key_id, 0.0) > now
 
+    def rejected_until(self, key_id: str) -> float:
+        return self._rejected.get(key_id, 0.0)
+
     def reject_key(self, key_id: str, until: float) -> None:
         self._rejected[key_id] = until
 
