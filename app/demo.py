@@ -24,11 +24,12 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import orjson
 import uvicorn
 
+from app.accesslog import AccessLog
 from app.config import Config, validate
 from app.errors import GatewayError, MethodNotAllowed, NotFound
 from app.proxy import Receive, Scope, Send, new_request_id, send_error
@@ -162,22 +163,34 @@ def _server(app: Any, sock: socket.socket) -> _Server:
     return _Server(config)
 
 
-class _AccessLine(logging.Formatter):
-    """The gateway's JSON access line, shortened for a person watching the demo."""
+class _Compact:
+    """Where the demo's access log goes: each JSON line shortened for a person."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        try:
-            r = orjson.loads(record.getMessage())
-        except orjson.JSONDecodeError:
-            return record.getMessage()
-        where = f"{r.get('resource')}/{r.get('deployment')}" if r.get("resource") else "-"
-        tries = r.get("attempts") or 0
-        note = f", {tries} attempts" if tries > 1 else ""
-        kind = "stream" if r.get("stream") else "request"
-        return (
-            f"  {r.get('status')} {r.get('model')} {kind} served by {where}"
-            f" in {r.get('duration_ms')} ms{note}"
-        )
+    def write(self, data: bytes) -> int:
+        for line in data.splitlines():
+            try:
+                r = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            where = f"{r.get('resource')}/{r.get('deployment')}" if r.get("resource") else "-"
+            tries = r.get("attempts") or 0
+            note = f", {tries} attempts" if tries > 1 else ""
+            kind = "stream" if r.get("stream") else "request"
+            sys.stdout.write(
+                f"  {r.get('status')} {r.get('model')} {kind} served by {where}"
+                f" in {r.get('duration_ms')} ms{note}\n"
+            )
+        return len(data)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+class _DemoServer(Server):
+    async def startup(self) -> None:
+        await super().startup()
+        assert self.services is not None
+        self.services.access_log = AccessLog(cast(BinaryIO, _Compact()))
 
 
 def _setup_logging() -> None:
@@ -188,13 +201,6 @@ def _setup_logging() -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("  %(levelname)s %(message)s"))
         app_log.addHandler(handler)
-    access = logging.getLogger("aoai_gateway.access")
-    access.setLevel(logging.INFO)
-    access.propagate = False
-    if not access.handlers:
-        out = logging.StreamHandler(sys.stdout)
-        out.setFormatter(_AccessLine())
-        access.addHandler(out)
 
 
 def banner(base: str, tty: bool) -> str:
@@ -261,7 +267,7 @@ async def _serve(gateway_sock: socket.socket, base: str) -> int:
         sim_socks = {region: _bind("127.0.0.1", 0) for region in REGIONS}
         urls = {r: f"http://127.0.0.1:{s.getsockname()[1]}" for r, s in sim_socks.items()}
         config = demo_config(urls, f"{tmp}/usage.db")
-        app = DemoApp(Server(lambda: config), sims)
+        app = DemoApp(_DemoServer(lambda: config, access_log=False), sims)
         sim_servers = [_server(sims[r], sim_socks[r]) for r in REGIONS]
         gateway = _server(app, gateway_sock)
         sim_tasks = [
