@@ -172,18 +172,24 @@ class _Compact:
                 r = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            where = f"{r.get('resource')}/{r.get('deployment')}" if r.get("resource") else "-"
-            tries = r.get("attempts") or 0
-            note = f", {tries} attempts" if tries > 1 else ""
-            kind = "stream" if r.get("stream") else "request"
-            sys.stdout.write(
-                f"  {r.get('status')} {r.get('model')} {kind} served by {where}"
-                f" in {r.get('duration_ms')} ms{note}\n"
-            )
+            sys.stdout.write(_describe(r) + "\n")
         return len(data)
 
     def flush(self) -> None:
         sys.stdout.flush()
+
+
+def _describe(r: dict[str, Any]) -> str:
+    where = f"{r.get('resource')}/{r.get('deployment')}" if r.get("resource") else None
+    tries = r.get("attempts") or 0
+    head = f"  {r.get('status')} {r.get('model')} {'stream' if r.get('stream') else 'request'}"
+    took = f"in {r.get('duration_ms')} ms"
+    if r.get("error") is None and where:
+        return f"{head} served by {where} {took}" + (
+            f" after {tries} attempts" if tries > 1 else ""
+        )
+    tried = f", last tried {where} ({tries} attempts)" if where else ""
+    return f"{head} failed: {r.get('error')} {took}{tried}"
 
 
 class _DemoServer(Server):
