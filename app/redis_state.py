@@ -33,7 +33,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from redis.asyncio import Redis
@@ -278,12 +278,11 @@ class RedisState:
             pipe.hgetall(self._cooling_key)
             pipe.hgetall(self._rejected_key)
             cooling, rejected = await pipe.execute()
-        for field, until in cooling.items():
-            self.local.cool(field.decode(), float(until))
-        for field, until in rejected.items():
-            key_id, value = field.decode(), float(until)
-            if value > self.local.rejected_until(key_id):
-                self.local.reject_key(key_id, value)
+        for target_id, until in _times(cooling):
+            self.local.cool(target_id, until)
+        for key_id, until in _times(rejected):
+            if until > self.local.rejected_until(key_id):
+                self.local.reject_key(key_id, until)
 
     async def _recover(self) -> None:
         """Redis answers again: share what this replica learnt meanwhile."""
@@ -313,7 +312,10 @@ class RedisState:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.refresh)
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception as exc:  # never let the refresher die; report like an outage
+                self._mark_down(exc)
 
     async def start(self) -> None:
         await self.sync()
@@ -327,3 +329,12 @@ class RedisState:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.redis.aclose()
+
+
+def _times(entries: dict[bytes, bytes]) -> Iterator[tuple[str, float]]:
+    """(field, until) of a hash read from Redis, skipping what is not a number."""
+    for field, value in entries.items():
+        try:
+            yield field.decode(), float(value)
+        except (UnicodeDecodeError, ValueError):
+            continue

@@ -116,6 +116,22 @@ async def test_cooldowns_and_rejected_keys_reach_the_other_replica(redis_url: st
 
 
 @pytest.mark.anyio
+async def test_a_garbled_shared_entry_is_skipped(redis_url: str) -> None:
+    until = time.time() + 30
+    with redis.Redis.from_url(redis_url) as client:
+        client.hset("aoai-gateway:cooling", mapping={"bad": "soon", "sweden/gpt-4o": until})
+    metrics = Metrics()
+    state = RedisState(redis_url, metrics)
+    await state.start()
+    try:
+        assert state.cooling_until("sweden/gpt-4o") == pytest.approx(until)
+        assert state.cooling_until("bad") == 0.0
+        assert _up(metrics) == 1.0
+    finally:
+        await state.close()
+
+
+@pytest.mark.anyio
 async def test_redis_outage_falls_back_then_recovers(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
