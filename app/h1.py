@@ -16,7 +16,11 @@ the client decided whether the gateway could reach half of direct throughput
 - a request cancelled or a body left unread closes its connection, so a
   client that hangs up frees the upstream at once;
 - a reused keep-alive connection the server had closed is retried once on a
-  fresh one (nothing was sent to the application, so a POST is safe to resend).
+  fresh one (nothing was sent to the application, so a POST is safe to resend);
+  a connection idle in the pool for more than `KEEPALIVE` seconds is closed
+  instead of reused (load balancers forget idle flows without a word);
+- a body without `Content-Length` or chunking ends when the server closes;
+  1xx interim responses (100 Continue, 103 Early Hints) are skipped.
 
 No proxies, no redirects, no compression (we ask for `identity`); when
 `HTTPS_PROXY`/`HTTP_PROXY` is set the server uses `AiohttpUpstream` instead.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -37,6 +42,7 @@ from app.upstream import ConnectFailed, Response, StreamBroken, TimedOut, Timeou
 
 HIGH_WATER = 256 * 1024
 MAX_IDLE_PER_ORIGIN = 256
+KEEPALIVE = 30.0  # seconds a pooled connection may stay idle (aiohttp's default too)
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -49,6 +55,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
+        self.idle_since = 0.0
         self.prepare()
 
     def prepare(self) -> None:
@@ -56,6 +63,8 @@ class _Conn(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.status = 0
         self.keep_alive = False
+        self.until_eof = False  # no Content-Length, not chunked: the body ends at EOF
+        self.interim = False  # inside a 1xx response
         self.got_bytes = False
         self.complete = False
         self.error: str | None = None
@@ -83,16 +92,36 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if not self.complete:
+        if self.complete:
+            return
+        if exc is None and self.until_eof and self.error is None:  # not our own close()
+            self.complete = True  # the server's close is the end of this body
+            self._wake()
+        else:
             self._fail(f"connection closed by the upstream ({exc or 'EOF'})")
 
     # httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        head = self.head
+        if head is None or head.done():
+            self._fail("a response nobody asked for")  # e.g. a 408 on an idle connection
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if status < 200:  # 100 Continue, 103 Early Hints: the final response follows
+            self.interim = True
+            self.headers = {}
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()  # reset once the message completes
+        headers = self.headers
+        self.until_eof = (
+            "content-length" not in headers
+            and "chunked" not in headers.get("transfer-encoding", "").lower()
+        )
         head = self.head
         if head is not None and not head.done():
             head.set_result(None)
@@ -106,6 +135,9 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         self._wake()
 
@@ -120,7 +152,7 @@ class _Conn(asyncio.Protocol):
             self.error = message
         head = self.head
         if head is not None and not head.done():
-            head.set_exception(ConnectFailed(message))
+            head.set_exception(ConnectFailed(self.error))
         self._wake()
         if self.transport is not None and not self.lost:
             self.transport.close()
@@ -135,26 +167,29 @@ class _Conn(asyncio.Protocol):
         return data
 
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.lost
+        return self.complete and self.keep_alive and not self.lost and self.error is None
 
     def close(self) -> None:
         self.lost = True
+        if self.error is None:
+            self.error = "connection closed"
         if self.transport is not None:
             self.transport.close()
 
 
 class _H1Response:
-    __slots__ = ("_client", "_conn", "_timeout", "status")
+    """The body of one exchange; a body cut short (timeout, drop, cancellation)
+    closes its connection at once, `aclose()` pools it only if it ended cleanly."""
+
+    __slots__ = ("_client", "_conn", "_open", "_timeout", "headers", "status")
 
     def __init__(self, client: H1Upstream, conn: _Conn, timeout: float) -> None:
         self._client = client
         self._conn = conn
         self._timeout = timeout
+        self._open = True
         self.status = conn.status
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._conn.headers
+        self.headers: Mapping[str, str] = conn.headers  # this exchange's: prepare() makes anew
 
     async def _wait(self) -> None:
         conn = self._conn
@@ -163,9 +198,23 @@ class _H1Response:
         timer = loop.call_later(self._timeout, _expire, waiter)
         try:
             await waiter
+        except TimeoutError:
+            raise self._broken(f"no body bytes for {self._timeout:g}s") from None
+        except asyncio.CancelledError:
+            self._drop()
+            raise
         finally:
             timer.cancel()
             conn.waiter = None
+
+    def _broken(self, message: str) -> StreamBroken:
+        self._drop()
+        return StreamBroken(message)
+
+    def _drop(self) -> None:
+        if self._open:
+            self._open = False
+            self._client.discard(self._conn)
 
     async def read(self) -> bytes:
         conn = self._conn
@@ -176,11 +225,8 @@ class _H1Response:
             if conn.complete:
                 return b"".join(parts)
             if conn.error is not None:
-                raise StreamBroken(conn.error)
-            try:
-                await self._wait()
-            except TimeoutError:
-                raise StreamBroken(f"no body bytes for {self._timeout:g}s") from None
+                raise self._broken(conn.error)
+            await self._wait()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -191,14 +237,13 @@ class _H1Response:
             if conn.complete:
                 return
             if conn.error is not None:
-                raise StreamBroken(conn.error)
-            try:
-                await self._wait()
-            except TimeoutError:
-                raise StreamBroken(f"no stream bytes for {self._timeout:g}s") from None
+                raise self._broken(conn.error)
+            await self._wait()
 
     async def aclose(self) -> None:
-        self._client.release(self._conn)
+        if self._open:  # twice would pool the connection twice
+            self._open = False
+            self._client.release(self._conn)
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -222,7 +267,8 @@ class H1Upstream:
             host = parts.hostname or ""
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             default = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
-            host_header = host if default else f"{host}:{port}"
+            name = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+            host_header = name if default else f"{name}:{port}"
             prefix = f"POST {path} HTTP/1.1\r\nhost: {host_header}\r\n".encode("latin-1")
             found = self._targets[url] = ((scheme, host, port), prefix)
         return found
@@ -252,10 +298,20 @@ class H1Upstream:
 
     def _pop_idle(self, origin: Origin) -> _Conn | None:
         idle = self._idle.get(origin)
+        if not idle:
+            return None
+        expired = time.monotonic() - KEEPALIVE
         while idle:
             conn = idle.pop()
-            if not conn.lost:
-                return conn
+            if conn.lost or conn.error is not None:  # closed, or closing
+                continue
+            if conn.idle_since < expired:  # the rest were pooled earlier: expired too
+                conn.close()
+                for old in idle:
+                    old.close()
+                idle.clear()
+                return None
+            return conn
         return None
 
     async def post(
@@ -268,19 +324,20 @@ class H1Upstream:
             lines.encode("latin-1"),
             len(body),
         )
-        for _ in range(2):
-            conn = self._pop_idle(origin)
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(origin, timeout)
+        conn = self._pop_idle(origin)
+        if conn is not None:
             try:
                 await self._exchange(conn, head, body, timeout)
             except ConnectFailed:
-                if reused and not conn.got_bytes:
-                    continue  # a stale keep-alive connection: once more, on a fresh one
-                raise
-            return _H1Response(self, conn, timeout.read)
-        raise ConnectFailed("the upstream closed the connection twice")  # pragma: no cover
+                if conn.got_bytes:
+                    raise
+                # a keep-alive connection the server had closed: once more, on a fresh
+                # one (another pooled one may be just as stale, after a server restart)
+            else:
+                return _H1Response(self, conn, timeout.read)
+        conn = await self._connect(origin, timeout)
+        await self._exchange(conn, head, body, timeout)
+        return _H1Response(self, conn, timeout.read)
 
     async def _exchange(self, conn: _Conn, head: bytes, body: bytes, timeout: Timeouts) -> None:
         conn.prepare()
@@ -297,23 +354,29 @@ class H1Upstream:
         try:
             await conn.head
         except TimeoutError:
-            self._busy.discard(conn)
-            conn.close()
+            self.discard(conn)
             raise TimedOut(f"no response within {timeout.read:g}s") from None
         except BaseException:
-            self._busy.discard(conn)
-            conn.close()
+            self.discard(conn)
             raise
         finally:
             timer.cancel()
 
     def release(self, conn: _Conn) -> None:
+        """Back to the pool if its response ended cleanly, else closed."""
         self._busy.discard(conn)
         if conn.reusable():
             idle = self._idle.setdefault(conn.origin, [])
             if len(idle) < MAX_IDLE_PER_ORIGIN:
+                if conn.paused:  # a body that came whole but was not read
+                    conn.take()
+                conn.idle_since = time.monotonic()
                 idle.append(conn)
                 return
+        conn.close()
+
+    def discard(self, conn: _Conn) -> None:
+        self._busy.discard(conn)
         conn.close()
 
     async def aclose(self) -> None:
