@@ -33,7 +33,6 @@ DEFAULT_API_VERSION = "2024-10-21"
 ENV_CONFIG = "AOAI_GATEWAY_CONFIG"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_PLACEHOLDER = re.compile(r"__aoai_env_(\d+)__")
 
 
 class ConfigError(Exception):
@@ -169,14 +168,9 @@ def parse(text: str, environ: Mapping[str, str], source: str = "config") -> Conf
     # `${VAR}` is not a valid plain scalar inside YAML flow collections
     # (`keys: [${K1}, ${K2}]`), so each one is swapped for a placeholder
     # before parsing and filled in afterwards, where its place is known.
-    refs: list[tuple[str, str | None]] = []
-
-    def swap(m: re.Match[str]) -> str:
-        refs.append((m.group(1), m.group(2)))
-        return f"__aoai_env_{len(refs) - 1}__"
-
+    env = _Interpolation(environ)
     try:
-        raw = yaml.load(_VAR.sub(swap, text), Loader=_UniqueKeyLoader)
+        raw = yaml.load(_VAR.sub(env.swap, text), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -186,10 +180,9 @@ def parse(text: str, environ: Mapping[str, str], source: str = "config") -> Conf
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["the top level must be a mapping"], source)
-    errors: list[str] = []
-    filled = _fill(raw, (), refs, environ, errors)
-    if errors:
-        raise ConfigError(errors, source)
+    filled = env.fill(raw, ())
+    if env.errors:
+        raise ConfigError(env.errors, source)
     return validate(filled, source)
 
 
@@ -224,31 +217,54 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
-def _fill(
-    node: Any,
-    loc: tuple[str | int, ...],
-    refs: list[tuple[str, str | None]],
-    environ: Mapping[str, str],
-    errors: list[str],
-) -> Any:
-    if isinstance(node, dict):
-        return {k: _fill(v, (*loc, str(k)), refs, environ, errors) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_fill(v, (*loc, i), refs, environ, errors) for i, v in enumerate(node)]
-    if not isinstance(node, str) or "__aoai_env_" not in node:
+class _Interpolation:
+    """`${VAR}` -> placeholder before YAML parsing; placeholder -> value after it.
+
+    The placeholders carry a random token, so no text in a file can pass for one.
+    """
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.refs: list[tuple[str, str | None]] = []
+        self.errors: list[str] = []
+        self.token = f"__aoai_env_{os.urandom(6).hex()}_"
+        self.placeholder = re.compile(re.escape(self.token) + r"(\d+)__")
+
+    def swap(self, m: re.Match[str]) -> str:
+        self.refs.append((m.group(1), m.group(2)))
+        return f"{self.token}{len(self.refs) - 1}__"
+
+    def fill(self, node: Any, loc: tuple[str | int, ...]) -> Any:
+        if isinstance(node, dict):
+            out: dict[Any, Any] = {}
+            for k, v in node.items():
+                known = len(self.errors)
+                key = self.text(k, loc, "a key in ") if isinstance(k, str) else k
+                if key in out and len(self.errors) == known:
+                    self.errors.append(f"{format_loc((*loc, str(key)))}: given twice")
+                out[key] = self.fill(v, (*loc, str(key)))
+            return out
+        if isinstance(node, list):
+            return [self.fill(v, (*loc, i)) for i, v in enumerate(node)]
+        if isinstance(node, str):
+            return self.text(node, loc)
         return node
 
-    def value(m: re.Match[str]) -> str:
-        name, default = refs[int(m.group(1))]
-        got = environ.get(name)
-        if got is None or (got == "" and default is not None):
-            if default is not None:
-                return default
-            errors.append(f"{name} is not set ({format_loc(loc)})")
-            return ""
-        return got
+    def text(self, node: str, loc: tuple[str | int, ...], where: str = "") -> str:
+        if self.token not in node:
+            return node
 
-    return _PLACEHOLDER.sub(value, node)
+        def value(m: re.Match[str]) -> str:
+            name, default = self.refs[int(m.group(1))]
+            got = self.environ.get(name)
+            if got is None or (got == "" and default is not None):
+                if default is not None:
+                    return default
+                self.errors.append(f"{name} is not set ({where}{format_loc(loc)})")
+                return ""
+            return got
+
+        return self.placeholder.sub(value, node)
 
 
 def format_loc(loc: tuple[str | int, ...]) -> str:

@@ -104,6 +104,30 @@ def test_every_missing_variable_is_listed() -> None:
     ]
 
 
+def test_vars_in_mapping_keys_are_filled() -> None:
+    text = """
+resources:
+  ${REGION:-eastus}: {endpoint: "https://a", keys: [k]}
+models:
+  ${MODEL}: [eastus/d]
+  ${OTHER}: [eastus/d]
+"""
+    config = parse(text, {"MODEL": "gpt-4o", "OTHER": "o3"})
+    assert list(config.resources) == ["eastus"]
+    assert list(config.models) == ["gpt-4o", "o3"]
+    assert errors_of(text, {"MODEL": "gpt-4o", "OTHER": "gpt-4o"}) == ["models.gpt-4o: given twice"]
+    assert errors_of(text) == [
+        "MODEL is not set (a key in models)",
+        "OTHER is not set (a key in models)",
+    ]
+
+
+def test_placeholder_lookalikes_in_the_file_stay_literal() -> None:
+    text = RESOURCES + "models:\n  a__aoai_env_0__: [eastus/d]\n# __aoai_env_9__\n"
+    config = parse(text, {})
+    assert list(config.models) == ["a__aoai_env_0__"]
+
+
 def test_var_in_a_comment_is_ignored() -> None:
     config = parse(RESOURCES + "# key: ${NOT_SET_ANYWHERE}\n", {})
     assert "eastus" in config.resources
