@@ -172,6 +172,17 @@ def test_bodies_over_the_limit_are_413_and_1mb_is_relayed(
     sent = sim["eastus"].requests()[-1]["body"]
     assert sent["messages"][0]["content"] == big
 
+    # exactly at the limit is accepted, one byte more is not
+    def sized(n: int) -> bytes:
+        empty = orjson.dumps(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": ""}]}
+        )
+        return empty.replace(b'"content":""', b'"content":"' + b"z" * (n - len(empty)) + b'"')
+
+    assert len(sized(2 * MIB)) == 2 * MIB
+    assert post(gw, sized(2 * MIB)).status_code == 200
+    assert_error(post(gw, sized(2 * MIB + 1)), 413, "request_too_large")
+
     # over the limit, with a content-length
     over = orjson.dumps(
         {"model": "gpt-4o", "messages": [{"role": "user", "content": "y" * (3 * MIB)}]}
@@ -200,7 +211,7 @@ def test_bodies_over_the_limit_are_413_and_1mb_is_relayed(
     assert resp.status_code == 200, resp.text
 
     assert chats(sim, "sweden") == 0  # nothing over the limit was forwarded
-    assert chats(sim, "eastus") == 2
+    assert chats(sim, "eastus") == 3
     assert_no_secrets(gw)
 
 
