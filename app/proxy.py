@@ -224,6 +224,8 @@ async def _serve(
     rec.key = caller.name
     rec.count_tokens = caller.tpm is not None
     data, model = parse_request(body, path_model)
+    if not caller.allows(model):  # before the lookup: a key learns nothing of other models
+        raise Forbidden(f"This key may not use the model '{model}'.", param="model")
     targets = gw.table.get(model)
     if targets is None:
         raise NotFound(
@@ -232,8 +234,6 @@ async def _serve(
             code="model_not_found",
         )
     rec.model = model
-    if not caller.allows(model):
-        raise Forbidden(f"This key may not use the model '{model}'.", param="model")
     services = gw.services
     now = time.time()
     if caller.rpm is not None or caller.tpm is not None:
@@ -326,6 +326,9 @@ async def _relay_stream(
                 if rec.ttft is None:
                     rec.ttft = time.perf_counter() - rec.started
                 await send({"type": "http.response.body", "body": out, "more_body": True})
+        tail = sse.close()
+        if tail:
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
         if not sse.done:
             raise StreamBroken("the upstream stream ended without [DONE]")
     except StreamBroken as exc:

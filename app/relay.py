@@ -31,6 +31,11 @@ class SSEFilter:
         self.done = False
         self._buf = b""
 
+    def close(self) -> bytes:
+        """The upstream ended: a last event without its blank line still counts."""
+        rest, self._buf = self._buf.strip(), b""
+        return self._event(rest) if rest else b""
+
     def feed(self, data: bytes) -> bytes:
         """Take a read from upstream; return the complete events to forward."""
         if self._buf:

@@ -131,6 +131,9 @@ def test_caller_mistakes_get_openai_errors(sim: Any, start_gateway: Any, client:
     assert "gpt-4o" in err["message"]
     done = client(gw, BOT_KEY).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert done.choices[0].message.content == "You said: hello"
+    # a restricted key cannot probe which other models exist: 403 either way
+    with pytest.raises(openai.PermissionDeniedError):
+        client(gw, BOT_KEY).chat.completions.create(model="gpt-9-turbo", messages=MESSAGES)
 
     # unknown model -> 404 naming it
     with pytest.raises(openai.NotFoundError) as missing:

@@ -240,3 +240,13 @@ def test_token_counts() -> None:
     )
     assert token_counts({"prompt_tokens": True, "completion_tokens": 1.5}) == {}
     assert token_counts({"prompt_tokens": -1, "completion_tokens": 0}) == {"completion_tokens": 0}
+
+
+def test_last_event_without_blank_line_is_kept_at_close() -> None:
+    f = SSEFilter(forward_usage=False)
+    out = f.feed(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\ndata: [DONE]')
+    assert out == b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+    assert not f.done
+    assert f.close() == b"data: [DONE]\n\n"
+    assert f.done
+    assert f.close() == b""
