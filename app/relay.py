@@ -34,7 +34,7 @@ class SSEFilter:
     def close(self) -> bytes:
         """The upstream ended: a last event without its blank line still counts."""
         rest, self._buf = self._buf.strip(), b""
-        return self._event(rest) if rest else b""
+        return rest + _SEP if rest and self._keep(rest) else b""
 
     def feed(self, data: bytes) -> bytes:
         """Take a read from upstream; return the complete events to forward."""
@@ -48,37 +48,46 @@ class SSEFilter:
             return b""
         end += 2
         block, self._buf = (data, b"") if end == len(data) else (data[:end], data[end:])
-        if block.count(_SEP) == 1:  # the common case: one event per read
-            return block if _DELTA in block else self._event(block[:-2])
-        events = block.split(_SEP)
-        for event in events:
-            if event and _DELTA not in event:
-                return b"".join([self._event(e) for e in events if e])
-        return block  # every event is a normal chunk: forward the read as is
+        # Walk the events; runs of kept events are forwarded as slices of the
+        # read, so a normal chunk costs two byte scans and no copy.
+        out: list[bytes] = []
+        kept_from = pos = 0
+        size = len(block)
+        while pos < size:
+            stop = block.find(_SEP, pos)
+            nxt = stop + 2
+            if stop > pos and block.find(_DELTA, pos, stop) < 0 and not self._keep(block[pos:stop]):
+                if pos > kept_from:
+                    out.append(block[kept_from:pos])
+                kept_from = nxt
+            pos = nxt
+        if kept_from == 0:
+            return block
+        out.append(block[kept_from:])
+        return b"".join(out)
 
-    def _event(self, event: bytes) -> bytes:
-        if _DELTA in event:
-            return event + _SEP
+    def _keep(self, event: bytes) -> bool:
+        """An event without a delta: note [DONE] and usage; drop filter chunks."""
         if event.startswith(_DONE):
             self.done = True
-            return event + _SEP
+            return True
         payload = _data_of(event)
         if payload is None:
-            return event + _SEP  # a comment or other field: harmless, keep it
+            return True  # a comment or other field: harmless, keep it
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return event + _SEP
+            return True
         if not isinstance(chunk, dict):
-            return event + _SEP
+            return True
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
-            return event + _SEP if self.forward_usage else b""
+            return self.forward_usage
         if "error" in chunk:
-            return event + _SEP
+            return True
         # prompt-filter-only first chunk (choices: []) or an annotation-only chunk
-        return b""
+        return _DELTA in event
 
 
 def _data_of(event: bytes) -> bytes | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app import azure
 from app.config import Config
@@ -42,9 +42,10 @@ class Target:
     weighted: bool = False  # an explicit weight: draw at random within the priority
     reasoning: bool = False
 
-    @property
-    def id(self) -> str:
-        return f"{self.resource}/{self.deployment}"
+    id: str = field(init=False, repr=False)  # "resource/deployment": cooldowns are kept by it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", f"{self.resource}/{self.deployment}")
 
 
 def key_id(resource: str, value: str) -> str:
@@ -100,6 +101,9 @@ def order(
     drawn without replacement with probability proportional to their weight
     (Efraimidis-Spirakis keys); elsewhere list order is preference order.
     """
+    if len(targets) == 1:  # the common case, without the sort
+        until = cooling_until(targets[0].id)
+        return ([targets[0]], None) if until <= now else ([], until)
     ready: list[tuple[int, float, int, Target]] = []
     recovers: float | None = None
     draw = (rng or random).random
