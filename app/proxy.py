@@ -66,6 +66,7 @@ class Record:
     model: str = "-"
     status: int = 0
     responded: bool = False  # http.response.start was sent
+    ended: bool = False  # the last body byte was sent: a disconnect now is no hang-up
     count_tokens: bool = False  # the caller has a tpm limit
     stream: bool = False
     ttft: float | None = None
@@ -87,7 +88,7 @@ async def handle_chat(
     rec = Record(request_id=rid.decode("latin-1") if rid else new_request_id(), started=started)
     task = asyncio.current_task()
     assert task is not None
-    watch = _Watch(receive, task)
+    watch = _Watch(receive, task, rec)
     try:
         try:
             body = await _read_body(gw, headers, receive)
@@ -125,11 +126,12 @@ class _Watch:
     `WATCH_AFTER` of happening, or at once once the watch runs.
     """
 
-    __slots__ = ("gone", "receive", "task", "timer", "watcher")
+    __slots__ = ("gone", "rec", "receive", "task", "timer", "watcher")
 
-    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+    def __init__(self, receive: Receive, task: asyncio.Task[Any], rec: Record) -> None:
         self.receive = receive
         self.task = task
+        self.rec = rec
         self.gone = False
         self.timer: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Task[None] | None = None
@@ -145,6 +147,8 @@ class _Watch:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
+                if self.rec.ended:
+                    return  # uvicorn says so once the response is complete
                 self.gone = True
                 self.task.cancel()
                 return
@@ -319,19 +323,26 @@ async def _relay_stream(
     rec.responded = True
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     sse = relay.SSEFilter(forward_usage=client_usage)
+    ended = False  # the client has its last byte (the read holding [DONE] went out as final)
     try:
         async for data in resp.chunks():
             out = sse.feed(data)
-            if out:
+            if out and not ended:
                 if rec.ttft is None:
                     rec.ttft = time.perf_counter() - rec.started
-                await send({"type": "http.response.body", "body": out, "more_body": True})
+                # [DONE] ends the client's response in the same write (saves one
+                # write(2) per stream); the upstream body is still read to its end
+                # so its connection goes back to the pool.
+                ended = rec.ended = sse.done
+                await send({"type": "http.response.body", "body": out, "more_body": not ended})
         tail = sse.close()
-        if tail:
+        if tail and not ended:
             await send({"type": "http.response.body", "body": tail, "more_body": True})
         if not sse.done:
             raise StreamBroken("the upstream stream ended without [DONE]")
     except StreamBroken as exc:
+        if ended:
+            return  # broke after [DONE]: the client already has the whole answer
         err = _broken(rec, exc)
         target = rec.trace.target
         if target is not None and gw.policy.cooldown > 0:
@@ -341,7 +352,8 @@ async def _relay_stream(
     finally:
         if sse.usage is not None:
             rec.tokens = relay.token_counts(sse.usage)
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if not ended:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _broken(rec: Record, exc: StreamBroken) -> GatewayError:
