@@ -1,8 +1,8 @@
 """The last minutes of traffic, kept in memory for the status page.
 
 `Recent.add` is the only call on the hot path (from `proxy._finish`): it
-appends a reference to the finished request's record to a bounded ring and
-bumps a per-minute counter - no parsing, no allocation beyond one tuple.
+appends the finished request's outcome, as a tuple of plain values, to a
+bounded ring and bumps a per-minute counter - no parsing.
 Everything the page shows (error rate and p50 latency per deployment, the
 requests-per-minute chart) is worked out from that at render time by
 `summarize` and `per_minute`, pure functions.
@@ -45,16 +45,29 @@ class RecordLike(Protocol):
     def trace(self) -> TraceLike: ...
 
 
+# (at, duration, status, ttft, error, served by "resource/deployment", failed attempts)
+# Only atomic values and plain tuples: the garbage collector stops tracking such
+# tuples, so a full window adds nothing to every collection's work.
+Event = tuple[float, float, int, float | None, str | None, str | None, tuple[tuple[str, str], ...]]
+
+
+def event_of(rec: RecordLike, at: float, duration: float) -> Event:
+    trace = rec.trace
+    final = trace.target
+    failures = tuple((t.id, reason) for t, reason in trace.failures) if trace.failures else ()
+    return (at, duration, rec.status, rec.ttft, rec.error, final.id if final else None, failures)
+
+
 class Recent:
     __slots__ = ("events", "minutes")
 
     def __init__(self, maxlen: int = MAX_EVENTS) -> None:
-        self.events: deque[tuple[float, float, RecordLike]] = deque(maxlen=maxlen)
+        self.events: deque[Event] = deque(maxlen=maxlen)
         self.minutes: dict[int, list[int]] = {}  # minute number -> [requests, failed]
 
     def add(self, rec: RecordLike, duration: float) -> None:
         now = time.time()
-        self.events.append((now, duration, rec))
+        self.events.append(event_of(rec, now, duration))
         minute = int(now // 60)
         counts = self.minutes.get(minute)
         if counts is None:
@@ -97,9 +110,7 @@ def median(values: list[float]) -> float | None:
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
 
 
-def summarize(
-    events: list[tuple[float, float, RecordLike]], now: float, window: float = HEALTH_WINDOW
-) -> dict[str, Health]:
+def summarize(events: list[Event], now: float, window: float = HEALTH_WINDOW) -> dict[str, Health]:
     """Per deployment id (`resource/deployment`): attempts that worked or failed.
 
     A failed attempt is one the failover loop moved on from (error, timeout,
@@ -108,24 +119,22 @@ def summarize(
     to the first byte of the answer as the caller saw it.
     """
     out: dict[str, Health] = {}
-    for at, duration, rec in events:
+    for at, duration, status, ttft, error, final, failures in events:
         if at < now - window:
             continue
-        trace = rec.trace
-        for target, reason in trace.failures:
-            h = out.setdefault(target.id, Health())
+        for target_id, reason in failures:
+            h = out.setdefault(target_id, Health())
             h.failed += 1
             h.last_error = reason
-        final = trace.target
         if final is None:
             continue
-        h = out.setdefault(final.id, Health())
-        if rec.error is None and rec.status not in (0, 499):
+        h = out.setdefault(final, Health())
+        if error is None and status not in (0, 499):
             h.ok += 1
-            h.latencies.append(rec.ttft if rec.ttft is not None else duration)
-        elif rec.error == "upstream_stream_error" or (
-            rec.error not in (None, "client_disconnected")
-            and not (trace.failures and trace.failures[-1][0] is final)
+            h.latencies.append(ttft if ttft is not None else duration)
+        elif error == "upstream_stream_error" or (
+            error not in (None, "client_disconnected")
+            and not (failures and failures[-1][0] == final)
         ):
             h.failed += 1
             h.last_error = "broke mid-response"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -145,6 +146,7 @@ class Server:
 
     async def startup(self) -> None:
         config = self.loader()
+        tune_gc()
         metrics = Metrics(cooling=self._cooling_source)
         state = self._make_state(config, metrics)
         usage = Usage(self._make_store(config))
@@ -230,6 +232,21 @@ def _with_request_id(scope: Scope, send: Send) -> Send:
         await send(message)
 
     return wrapped
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections for a long-running server.
+
+    With CPython's defaults (a young collection every 700 allocations) the
+    benchmark showed collections stalling the loop: p99 ~50 ms against ~10 ms
+    with these settings, and ~10% more requests per second (README,
+    Performance). A request allocates a few hundred short-lived objects and
+    almost no reference cycles, so collecting rarely loses nothing; what
+    startup built moves to the permanent generation and is never scanned again.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def make_upstream(environ: Mapping[str, str]) -> Upstream:

@@ -106,7 +106,7 @@ async def collect(gw: Gateway, loaded_at: float, now: float | None = None) -> Vi
         usage=usage,
         usage_day=day,
         rpm=per_minute(services.recent.minutes, now),
-        in_window=sum(1 for at, _, _ in events if at >= now - HEALTH_WINDOW),
+        in_window=sum(1 for event in events if event[0] >= now - HEALTH_WINDOW),
     )
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from app.recent import MINUTES, Health, Recent, median, per_minute, summarize
+from app.recent import MINUTES, Health, Recent, event_of, median, per_minute, summarize
 from app.routing import Target, UpstreamKey
 from app.status import DeploymentView, KeyView, View, basic_password, render, rpm_chart
 
@@ -50,10 +50,10 @@ def test_summarize_counts_failed_attempts_and_the_attempt_that_served() -> None:
     left = FakeRecord(499, FakeTrace(EAST), error="client_disconnected")
     old = FakeRecord(200, FakeTrace(SWEDEN), ttft=9.0)
     now = 10_000.0
-    events = [(now - 5, 1.0, r) for r in (served_after_failover, served, key2_after_key1)]
-    events += [(now - 4, 1.0, gave_up), (now - 3, 1.0, broken_stream), (now - 2, 1.0, left)]
-    events.append((now - 3600, 1.0, old))  # outside the window
-    health = summarize(events, now)  # type: ignore[arg-type]
+    events = [event_of(r, now - 5, 1.0) for r in (served_after_failover, served, key2_after_key1)]
+    events += [event_of(gave_up, now - 4, 1.0), event_of(broken_stream, now - 3, 1.0)]
+    events += [event_of(left, now - 2, 1.0), event_of(old, now - 3600, 1.0)]  # last: too old
+    health = summarize(events, now)
 
     sweden = health["sweden/gpt-4o"]
     assert (sweden.ok, sweden.failed) == (1, 3)  # served / 500, timeout, broken stream
