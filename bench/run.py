@@ -8,8 +8,9 @@ as a user would (`aoai-gateway serve --config ...`) with every foundation
 feature on: gateway-key auth, routing, two upstream keys, metrics, usage
 capture to SQLite and the JSON access log. Then, for plain and streaming
 requests, it alternates direct and through-gateway runs (A B A B) and reports
-the best of each, with latency percentiles, the gateway's CPU per request,
-the added p50 latency and time-to-first-token at one connection, 1,000
+medians (the ratio is the median of each A/B pair's ratio), with latency
+percentiles, the CPU per request of each server process, the added p50
+latency and time-to-first-token at one connection, 1,000
 concurrent open streams with the gateway's peak RSS, and 1 MB bodies.
 Ratios are what matter: absolute numbers move with the machine's load.
 """
@@ -127,9 +128,17 @@ class Pair:
     direct: list[dict[str, float]] = field(default_factory=list)
     gateway: list[dict[str, float]] = field(default_factory=list)
 
-    def best(self, side: str) -> dict[str, float]:
+    def typical(self, side: str) -> dict[str, float]:
+        """Per measure, the median over this side's runs."""
         runs = getattr(self, side)
-        return max(runs, key=lambda r: r["rps"])
+        return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+    def ratio(self) -> float:
+        """Median of gateway/direct over adjacent A/B runs: drift on a noisy
+        machine moves both runs of a pair together, so it cancels out."""
+        return statistics.median(
+            g["rps"] / d["rps"] for d, g in zip(self.direct, self.gateway, strict=True)
+        )
 
 
 def measure(
@@ -231,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="a few seconds: proves the harness works")
     p.add_argument("--seconds", type=float, default=8.0, help="per load run")
-    p.add_argument("--rounds", type=int, default=2, help="A B pairs per mode")
+    p.add_argument("--rounds", type=int, default=3, help="A B pairs per mode")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="gateway workers")
     p.add_argument("--streams", type=int, default=1000, help="concurrent open streams")
@@ -349,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results["modes"] = {
         p.name: {
-            "direct": p.best("direct"),
-            "gateway": p.best("gateway"),
-            "ratio": p.best("gateway")["rps"] / p.best("direct")["rps"],
+            "direct": p.typical("direct"),
+            "gateway": p.typical("gateway"),
+            "ratio": p.ratio(),
             "runs": asdict(p),
         }
         for p in pairs
@@ -381,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out}")
-    errors = sum(p.best(s)["errors"] for p in pairs for s in ("direct", "gateway"))
+    errors = sum(r["errors"] for p in pairs for r in (*p.direct, *p.gateway))
     return 0 if streams["failed"] == 0 and errors == 0 else 1
 
 
@@ -393,7 +402,7 @@ def report(r: dict[str, Any]) -> str:
     for name, m in r["modes"].items():
         d, g = m["direct"], m["gateway"]
         lines.append(
-            f"| {name}: req/s ({r['connections']} connections) | {d['rps']:.0f} | "
+            f"| {name}: req/s ({r['connections']} connections, median) | {d['rps']:.0f} | "
             f"{g['rps']:.0f} | **{m['ratio']:.2f}** |"
         )
         lines.append(
