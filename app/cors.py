@@ -93,7 +93,8 @@ class CORS:
         self.origins = origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        allowed = self.origins()
+        if scope["type"] != "http" or not allowed:  # CORS off: not even a header scan
             await self.app(scope, receive, send)  # type: ignore[misc]
             return
         origin = None
@@ -103,8 +104,7 @@ class CORS:
                 origin = value.decode("latin-1")
             elif name == b"access-control-request-method":
                 preflight = True
-        allowed = self.origins()
-        if origin is None or not allowed:
+        if origin is None:
             await self.app(scope, receive, send)  # type: ignore[misc]
             return
         ok = origin_allowed(origin, allowed)

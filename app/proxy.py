@@ -14,6 +14,7 @@ not touched.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -289,10 +290,17 @@ async def _serve(
 def _response_headers(resp: Response, rec: Record) -> list[tuple[bytes, bytes]]:
     out = [(b"x-request-id", rec.request_id.encode("latin-1"))]
     for name, value in resp.headers.items():
-        lname = name.lower().encode("latin-1")
-        if lname.startswith(_PASS):
-            out.append((lname, value.encode("latin-1")))
+        passed = _passed_name(name)
+        if passed is not None:
+            out.append((passed, value.encode("latin-1")))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _passed_name(name: str) -> bytes | None:
+    """The header's name to send on, or None: Azure's set of names is small and fixed."""
+    lname = name.lower().encode("latin-1")
+    return lname if lname.startswith(_PASS) else None
 
 
 async def _relay_body(resp: Response, rec: Record, send: Send, content_type: str) -> None:
