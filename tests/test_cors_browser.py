@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +21,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from tests.browser import browse
 from tests.conftest import GATEWAY_KEY, base_config
 
 PAGE = b"""<!doctype html>
@@ -83,16 +81,6 @@ const q = new URLSearchParams(location.search);
 RESULT = re.compile(r'<pre id="result">(.*?)</pre>', re.S)
 
 
-def chromium_path() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    why = "chromium is not installed (Debian package `chromium`)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{why} (CI is set: the browser tests must run)")
-    pytest.skip(why)
-
-
 class _Page(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200)
@@ -124,31 +112,16 @@ def page_origin() -> Iterator[Any]:
 
 def open_page(origin: str, gateway: str, model: str, tmp_path: Path) -> dict[str, Any]:
     """Load the page in headless Chromium; return what it wrote into the DOM."""
-    chromium = chromium_path()
     url = f"{origin}/chat.html?" + urlencode(
         {"gateway": gateway, "key": GATEWAY_KEY, "model": model}
     )
     profile = tmp_path / f"chromium-{len(list(tmp_path.glob('chromium-*')))}"
-    proc = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=30000",  # virtual time waits for network loads
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = browse(
+        url,
+        profile,
+        "--virtual-time-budget=30000",  # virtual time waits for network loads
+        "--dump-dom",
+        check=False,
     )
     found = RESULT.search(proc.stdout)
     assert found, f"no result in the page (exit {proc.returncode}): {proc.stderr[-2000:]}"

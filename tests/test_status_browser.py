@@ -3,49 +3,18 @@
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
 
+from tests.browser import browse
 from tests.conftest import GATEWAY_KEY, ROOT, base_config
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 ADMIN_KEY = "test-gateway-key-ops"
-
-
-def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is required under CI (apt-get install chromium)")
-        pytest.skip("chromium is not installed")
-    return found
-
-
-def browse(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--hide-scrollbars",
-        *args,
-        url,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True)
 
 
 def test_status_page_renders_health_usage_and_chart_in_chromium(
