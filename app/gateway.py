@@ -17,6 +17,7 @@ from typing import Any
 from app.accesslog import AccessLog
 from app.auth import KeyTable
 from app.config import Config
+from app.disconnect import Watches
 from app.failover import Policy
 from app.metrics import Metrics
 from app.recent import Recent
@@ -37,6 +38,7 @@ class Services:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     recent: Recent = field(default_factory=Recent)  # the status page's window
     access_log: AccessLog | None = None
+    watches: Watches = field(default_factory=Watches)  # client-disconnect listening
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run bookkeeping after the response without holding it up."""

@@ -26,6 +26,7 @@ import orjson
 
 from app import azure, relay
 from app.auth import bearer_token
+from app.disconnect import Watch
 from app.errors import (
     BadRequest,
     Forbidden,
@@ -49,7 +50,6 @@ log = logging.getLogger("aoai_gateway")
 
 # Azure response headers a client may use; everything else stays behind.
 _PASS = (b"x-ms-region", b"apim-request-id", b"x-ratelimit-")
-WATCH_AFTER = 0.02  # seconds before a request starts listening for a disconnect
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -89,11 +89,12 @@ async def handle_chat(
     rec = Record(request_id=rid.decode("latin-1") if rid else new_request_id(), started=started)
     task = asyncio.current_task()
     assert task is not None
-    watch = _Watch(receive, task, rec)
+    watch = Watch(receive, task, rec)
+    watches = gw.services.watches
     try:
         try:
             body = await _read_body(gw, headers, receive)
-            watch.arm()
+            watches.arm(watch)
             await _serve(gw, headers, body, path_model, rec, send)
         except GatewayError as exc:
             rec.status = exc.status
@@ -114,51 +115,8 @@ async def handle_chat(
         rec.status = 499  # the client went away; nobody left to answer
         rec.error = "client_disconnected"
     finally:
-        watch.disarm()
+        watches.disarm(watch)
         _finish(gw, rec)
-
-
-class _Watch:
-    """Cancels the request when the client disconnects.
-
-    Listening needs a task reading `receive()`; most requests finish before
-    `WATCH_AFTER`, so the task is only started for those still running then
-    (a timer costs far less than a task). A disconnect is noticed within
-    `WATCH_AFTER` of happening, or at once once the watch runs.
-    """
-
-    __slots__ = ("gone", "rec", "receive", "task", "timer", "watcher")
-
-    def __init__(self, receive: Receive, task: asyncio.Task[Any], rec: Record) -> None:
-        self.receive = receive
-        self.task = task
-        self.rec = rec
-        self.gone = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.watcher: asyncio.Task[None] | None = None
-
-    def arm(self) -> None:
-        self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
-
-    def _start(self) -> None:
-        self.timer = None
-        self.watcher = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                if self.rec.ended:
-                    return  # uvicorn says so once the response is complete
-                self.gone = True
-                self.task.cancel()
-                return
-
-    def disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.watcher is not None:
-            self.watcher.cancel()
 
 
 def _wanted_headers(scope: Scope) -> dict[bytes, bytes]:

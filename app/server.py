@@ -174,6 +174,7 @@ class Server:
                 await asyncio.gather(*s.tasks, return_exceptions=True)
             await s.usage.close()
             await s.state.close()
+            s.watches.close()
             await s.upstream.aclose()
             if s.access_log is not None:
                 s.access_log.flush()
