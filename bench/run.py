@@ -416,17 +416,17 @@ def report(r: dict[str, Any]) -> str:
     o = r["one_connection"]
     lines.append(
         f"| p50 latency at 1 connection | {o['direct_p50_ms']:.2f} ms | "
-        f"{o['gateway_p50_ms']:.2f} ms | +{o['added_p50_ms']:.2f} ms |"
+        f"{o['gateway_p50_ms']:.2f} ms | {o['added_p50_ms']:+.2f} ms |"
     )
     t = r["ttft"]
     lines.append(
         f"| time to first token (median of {t['samples']}) | {t['direct_ms']:.2f} ms | "
-        f"{t['gateway_ms']:.2f} ms | +{t['added_ms']:.2f} ms |"
+        f"{t['gateway_ms']:.2f} ms | {t['added_ms']:+.2f} ms |"
     )
     b = r["big_body"]
     lines.append(
         f"| 1 MB request body (mean of {b['requests']}) | {b['direct_ms']:.1f} ms | "
-        f"{b['gateway_ms']:.1f} ms | +{b['added_ms']:.1f} ms |"
+        f"{b['gateway_ms']:.1f} ms | {b['added_ms']:+.1f} ms |"
     )
     s = r["open_streams"]
     lines.append(
