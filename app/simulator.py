@@ -55,6 +55,8 @@ _V1_PATH: Final = "/openai/v1/chat/completions"
 _LEGACY_PREFIX: Final = "/openai/deployments/"
 _LEGACY_SUFFIX: Final = "/chat/completions"
 _REASONING_PREFIXES: Final = ("o1", "o3", "o4", "gpt-5")
+# Azure's behaviour, written out here on purpose rather than imported from
+# app.azure: if the gateway's list were wrong, a shared list would hide it.
 _UNSUPPORTED_FOR_REASONING: Final = frozenset(
     {
         "max_tokens",
