@@ -222,12 +222,20 @@ def _down(
     recorder: Recorder,
 ) -> None:
     """5xx, timeout, connection error: the deployment sits out `cooldown`."""
-    if policy.cooldown > 0:
-        until = time.time() + policy.cooldown
-        state.cool(target.id, until)
+    until = cool_down(state, policy, target)
+    if until is not None:
         outlook.cooling(until)
     trace.failures.append((target, reason))
     recorder.failover("server_error" if reason.startswith("HTTP") else reason)
+
+
+def cool_down(state: State, policy: Policy, target: Target) -> float | None:
+    """Put a failed deployment out for `cooldown` seconds; when it is back, if it went out."""
+    if policy.cooldown <= 0:
+        return None
+    until = time.time() + policy.cooldown
+    state.cool(target.id, until)
+    return until
 
 
 def _give_up(trace: Trace, outlook: _Outlook, *, exhausted: bool) -> GatewayError:

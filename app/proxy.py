@@ -36,7 +36,7 @@ from app.errors import (
     RateLimited,
     UpstreamFailed,
 )
-from app.failover import Trace, connect
+from app.failover import Trace, connect, cool_down
 from app.gateway import Gateway
 from app.routing import Target, order
 from app.upstream import Response, StreamBroken
@@ -289,36 +289,34 @@ async def _relay_stream(
     rec.responded = True
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     sse = relay.SSEFilter(forward_usage=client_usage)
-    ended = False  # the client has its last byte (the read holding [DONE] went out as final)
     try:
         async for data in resp.chunks():
             out = sse.feed(data)
-            if out and not ended:
+            if out and not rec.ended:
                 if rec.ttft is None:
                     rec.ttft = time.perf_counter() - rec.started
                 # [DONE] ends the client's response in the same write (saves one
                 # write(2) per stream); the upstream body is still read to its end
                 # so its connection goes back to the pool.
-                ended = rec.ended = sse.done
-                await send({"type": "http.response.body", "body": out, "more_body": not ended})
+                rec.ended = sse.done
+                await send({"type": "http.response.body", "body": out, "more_body": not sse.done})
         tail = sse.close()
-        if tail and not ended:
+        if tail and not rec.ended:
             await send({"type": "http.response.body", "body": tail, "more_body": True})
         if not sse.done:
             raise StreamBroken("the upstream stream ended without [DONE]")
     except StreamBroken as exc:
-        if ended:
+        if rec.ended:
             return  # broke after [DONE]: the client already has the whole answer
         err = _broken(rec, exc)
-        target = rec.trace.target
-        if target is not None and gw.policy.cooldown > 0:
-            gw.services.state.cool(target.id, time.time() + gw.policy.cooldown)
+        if rec.trace.target is not None:
+            cool_down(gw.services.state, gw.policy, rec.trace.target)
         event = relay.error_event(err.message)
         await send({"type": "http.response.body", "body": event, "more_body": True})
     finally:
         if sse.usage is not None:
             rec.tokens = relay.token_counts(sse.usage)
-    if not ended:
+    if not rec.ended:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
