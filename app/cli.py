@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -88,11 +89,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["AOAI_GATEWAY_ACCESS_LOG"] = "0" if args.no_access_log else "1"
         if path is not None:
             os.environ["AOAI_GATEWAY_CONFIG"] = str(path.resolve())
+        made = None
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
                 prefix="aoai-gateway-metrics-"
             )
-        uvicorn.run("app.server:create_app", factory=True, workers=args.workers, **common)
+        try:
+            uvicorn.run("app.server:create_app", factory=True, workers=args.workers, **common)
+        finally:
+            if made is not None:  # ours: the workers' metric files go with them
+                shutil.rmtree(made, ignore_errors=True)
         return 0
     server = Server(
         make_loader(path, os.environ),
