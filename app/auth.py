@@ -8,6 +8,7 @@ says nothing about which key or how much of it matched.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import hashlib
 import hmac
@@ -86,3 +87,17 @@ def bearer_token(value: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+def basic_password(authorization: str | None) -> str | None:
+    """The password of `Authorization: Basic base64(user:password)`, else None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2] or None

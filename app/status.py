@@ -10,7 +10,6 @@ reach it: keys are shown as `key1`, `key2` and their hash id.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
 import logging
@@ -19,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 
-from app.auth import Caller, bearer_token
+from app.auth import Caller, basic_password, bearer_token
 from app.errors import Forbidden, Unauthorized
 from app.gateway import Gateway
 from app.recent import HEALTH_WINDOW, MINUTES, Health, per_minute, summarize
@@ -298,20 +297,6 @@ class StatusUnauthorized(Unauthorized):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"www-authenticate", b'Basic realm="aoai-gateway status", charset="UTF-8"')]
-
-
-def basic_password(authorization: str | None) -> str | None:
-    """The password of `Authorization: Basic base64(user:password)`, else None."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return decoded.partition(":")[2] or None
 
 
 def admin_caller(gw: Gateway, authorization: str | None, api_key: str | None) -> Caller:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 import orjson
 import pytest
 
-from app.auth import ANONYMOUS, Caller, KeyTable, bearer_token
+from app.auth import ANONYMOUS, Caller, KeyTable, basic_password, bearer_token
 from app.config import parse
 from app.errors import Unauthorized
 
@@ -142,3 +143,11 @@ def test_no_allowlist_allows_everything_and_empty_allowlist_nothing() -> None:
 )
 def test_bearer_token(header: str | None, token: str | None) -> None:
     assert bearer_token(header) == token
+
+
+def test_basic_password() -> None:
+    token = base64.b64encode(b"anyone:the-key").decode()
+    assert basic_password(f"Basic {token}") == "the-key"
+    assert basic_password("Basic !!!") is None
+    assert basic_password("Bearer x") is None
+    assert basic_password(None) is None

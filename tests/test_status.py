@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 
 import pytest
 
 from app.recent import MINUTES, Health, Recent, event_of, median, per_minute, summarize
 from app.routing import Target, UpstreamKey
-from app.status import DeploymentView, KeyView, View, basic_password, render, rpm_chart
+from app.status import DeploymentView, KeyView, View, render, rpm_chart
 
 
 def target(resource: str, deployment: str = "gpt-4o") -> Target:
@@ -134,11 +133,3 @@ def test_rpm_chart_stacks_failed_on_served() -> None:
     svg = rpm_chart([(0, 0, 0), (60, 10, 5)], width=200, height=100)
     assert svg.count('class="ok"') == 1 and svg.count('class="bad"') == 1
     assert ">10</text>" in svg  # the scale's top is the busiest minute
-
-
-def test_basic_password() -> None:
-    token = base64.b64encode(b"anyone:the-key").decode()
-    assert basic_password(f"Basic {token}") == "the-key"
-    assert basic_password("Basic !!!") is None
-    assert basic_password("Bearer x") is None
-    assert basic_password(None) is None
