@@ -24,6 +24,7 @@ from app.errors import (
 )
 from app.gateway import Gateway
 from app.metrics import CONTENT_TYPE
+from app.routing import allowed_models
 from app.status import admin_caller, collect, render
 from app.usage import StoreUnavailable
 
@@ -78,8 +79,7 @@ def build_api(current: Callable[[], Gateway], loaded_at: Callable[[], int]) -> F
         created = loaded_at()
         data = [
             {"id": m, "object": "model", "created": created, "owned_by": "azure"}
-            for m in gw.table
-            if who.allows(m)
+            for m in allowed_models(gw.table, who.allows)
         ]
         return {"object": "list", "data": data}
 
