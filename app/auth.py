@@ -80,24 +80,27 @@ class KeyTable:
         return found
 
 
+def _credentials(authorization: str | None, scheme: str) -> str | None:
+    """The credentials of `Authorization: <scheme> <credentials>`, if that is the scheme."""
+    if not authorization:
+        return None
+    given, _, credentials = authorization.strip().partition(" ")
+    if given.lower() != scheme:
+        return None
+    return credentials.strip() or None
+
+
 def bearer_token(value: str | None) -> str | None:
-    if not value:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
+    return _credentials(value, "bearer")
 
 
 def basic_password(authorization: str | None) -> str | None:
     """The password of `Authorization: Basic base64(user:password)`, else None."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
+    token = _credentials(authorization, "basic")
+    if token is None:
         return None
     try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return None
     return decoded.partition(":")[2] or None
