@@ -28,6 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_KEY = "test-gateway-key-alice"
 SIM_KEYS = ("sim-key-1", "sim-key-2")
 
+# Every process a test starts (`python -m app ...`, the `aoai-gateway` script) imports
+# `app` from this checkout, not from wherever the package was installed in editable mode:
+# a second worktree or a clean clone tests its own code.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+)
+
 
 def free_port() -> int:
     with socket.socket() as s:
