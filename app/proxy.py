@@ -1,6 +1,8 @@
 """The hot path: `POST .../chat/completions` as a plain ASGI handler.
 
-Read the body, authenticate, parse once with orjson, pick the deployments,
+Authenticate from the headers, read the body (an unknown caller never gets a
+byte of it read: 401 and the connection is closed), parse once with orjson,
+pick the deployments,
 open the upstream response through `failover.connect`, then relay it: a body
 as bytes, a stream event by event through `relay.SSEFilter`. Nothing here
 touches pydantic, FastAPI or stdlib json, and nothing runs per chunk but the
@@ -25,7 +27,7 @@ from typing import Any
 import orjson
 
 from app import azure, relay
-from app.auth import bearer_token
+from app.auth import Caller, bearer_token
 from app.disconnect import Watch
 from app.errors import (
     BadRequest,
@@ -91,15 +93,20 @@ async def handle_chat(
     assert task is not None
     watch = Watch(receive, task, rec)
     watches = gw.services.watches
+    body_read = False
     try:
         try:
+            caller = authenticate(gw, headers)
+            rec.key = caller.name
             body = await _read_body(gw, headers, receive)
+            body_read = True
             watches.arm(watch)
-            await _serve(gw, headers, body, path_model, rec, send)
+            await _serve(gw, caller, body, path_model, rec, send)
         except GatewayError as exc:
             rec.status = exc.status
             rec.error = exc.code or exc.type
-            await send_error(send, exc, rec.request_id)
+            # A body left unread is not read at all: the connection closes after the answer.
+            await send_error(send, exc, rec.request_id, close=not body_read)
         except Exception:
             log.exception("request %s failed inside the gateway", rec.request_id)
             rec.error = "internal_error"
@@ -125,6 +132,16 @@ def _wanted_headers(scope: Scope) -> dict[bytes, bytes]:
         if name in (b"authorization", b"api-key", b"x-request-id", b"content-length"):
             wanted[name] = value
     return wanted
+
+
+def authenticate(gw: Gateway, headers: dict[bytes, bytes]) -> Caller:
+    """The caller from its headers alone, before any of the body is read."""
+    auth = headers.get(b"authorization")
+    api_key = headers.get(b"api-key")
+    return gw.keys.authenticate(
+        bearer_token(auth.decode("latin-1")) if auth else None,
+        api_key.decode("latin-1").strip() if api_key else None,
+    )
 
 
 async def _read_body(gw: Gateway, headers: dict[bytes, bytes], receive: Receive) -> bytes:
@@ -172,19 +189,12 @@ def parse_request(body: bytes, path_model: str | None) -> tuple[dict[str, Any], 
 
 async def _serve(
     gw: Gateway,
-    headers: dict[bytes, bytes],
+    caller: Caller,
     body: bytes,
     path_model: str | None,
     rec: Record,
     send: Send,
 ) -> None:
-    auth = headers.get(b"authorization")
-    api_key = headers.get(b"api-key")
-    caller = gw.keys.authenticate(
-        bearer_token(auth.decode("latin-1")) if auth else None,
-        api_key.decode("latin-1").strip() if api_key else None,
-    )
-    rec.key = caller.name
     rec.count_tokens = caller.tpm is not None
     data, model = parse_request(body, path_model)
     if not caller.allows(model):  # before the lookup: a key learns nothing of other models
@@ -328,7 +338,9 @@ def _broken(rec: Record, exc: StreamBroken) -> GatewayError:
     return UpstreamFailed(f"The upstream deployment {where} failed mid-response: {exc}")
 
 
-async def send_error(send: Send, exc: GatewayError, request_id: str) -> None:
+async def send_error(
+    send: Send, exc: GatewayError, request_id: str, *, close: bool = False
+) -> None:
     body = exc.body()
     headers = [
         (b"content-type", b"application/json"),
@@ -336,6 +348,8 @@ async def send_error(send: Send, exc: GatewayError, request_id: str) -> None:
         (b"x-request-id", request_id.encode("latin-1")),
         *exc.headers(),
     ]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
