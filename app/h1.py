@@ -15,10 +15,14 @@ the client decided whether the gateway could reach half of direct throughput
   while more than `HIGH_WATER` bytes wait for the consumer);
 - a request cancelled or a body left unread closes its connection, so a
   client that hangs up frees the upstream at once;
-- a reused keep-alive connection the server had closed is retried once on a
-  fresh one (nothing was sent to the application, so a POST is safe to resend);
-  a connection idle in the pool for more than `KEEPALIVE` seconds is closed
-  instead of reused (load balancers forget idle flows without a word);
+- a request is written once and never sent again: a pooled connection is
+  checked before the write (closed, or the server's FIN or stray bytes already
+  waiting in the socket: see `_stale`) and replaced if stale, but once the
+  request is on the wire a drop is the attempt's failure (`ConnectFailed`),
+  for the failover loop to count, cool and fail over - the upstream may have
+  read and billed it. A connection idle in the pool for more than `KEEPALIVE`
+  seconds is closed instead of reused (load balancers forget idle flows
+  without a word);
 - a body without `Content-Length` or chunking ends when the server closes;
   1xx interim responses (100 Continue, 103 Early Hints) are skipped.
 
@@ -29,6 +33,7 @@ No proxies, no redirects, no compression (we ask for `identity`); when
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections import deque
@@ -43,6 +48,11 @@ HIGH_WATER = 256 * 1024
 SWEEP = 0.05  # seconds between deadline checks: how late a timeout may fire
 MAX_IDLE_PER_ORIGIN = 256
 KEEPALIVE = 30.0  # seconds a pooled connection may stay idle (aiohttp's default too)
+# A connection idle for longer than this is peeked at before reuse (`_stale`): a
+# server closes idle connections after its keep-alive timeout, never within a
+# second, and the peek (a syscall, ~3 us) stays off connections reused at once.
+PEEK_AFTER = 1.0
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -65,7 +75,6 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = False
         self.until_eof = False  # no Content-Length, not chunked: the body ends at EOF
         self.interim = False  # inside a 1xx response
-        self.got_bytes = False
         self.complete = False
         self.error: str | None = None
         self.chunks: deque[bytes] = deque()
@@ -80,7 +89,6 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        self.got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -176,6 +184,28 @@ class _Conn(asyncio.Protocol):
             self.error = "connection closed"
         if self.transport is not None:
             self.transport.close()
+
+
+def _stale(conn: _Conn) -> bool:
+    """Whether the server already ended an idle connection (FIN, RST or a stray
+    408 waiting in the socket) though the loop has not processed it yet."""
+    transport = conn.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:  # a view of the fd, not a second owner: detached below, never closed
+        probe = socket.socket(sock.family, sock.type, 0, sock.fileno())
+    except OSError:
+        return True
+    try:
+        probe.recv(1, _PEEK)
+    except BlockingIOError:
+        return False  # nothing waiting: the connection is as the server left it
+    except OSError:
+        return True
+    finally:
+        probe.detach()
+    return True  # EOF, or bytes nobody asked for
 
 
 class _H1Response:
@@ -326,7 +356,8 @@ class H1Upstream:
         idle = self._idle.get(origin)
         if not idle:
             return None
-        expired = time.monotonic() - KEEPALIVE
+        now = time.monotonic()
+        expired = now - KEEPALIVE
         while idle:
             conn = idle.pop()
             if conn.lost or conn.error is not None:  # closed, or closing
@@ -337,6 +368,9 @@ class H1Upstream:
                     old.close()
                 idle.clear()
                 return None
+            if conn.idle_since < now - PEEK_AFTER and _stale(conn):
+                conn.close()
+                continue  # another pooled one may be fresh; else a new connection
             return conn
         return None
 
@@ -350,19 +384,8 @@ class H1Upstream:
             lines.encode("latin-1"),
             len(body),
         )
-        conn = self._pop_idle(origin)
-        if conn is not None:
-            try:
-                await self._exchange(conn, head, body, timeout)
-            except ConnectFailed:
-                if conn.got_bytes:
-                    raise
-                # a keep-alive connection the server had closed: once more, on a fresh
-                # one (another pooled one may be just as stale, after a server restart)
-            else:
-                return _H1Response(self, conn, timeout.read)
-        conn = await self._connect(origin, timeout)
-        await self._exchange(conn, head, body, timeout)
+        conn = self._pop_idle(origin) or await self._connect(origin, timeout)
+        await self._exchange(conn, head, body, timeout)  # written once: never resent
         return _H1Response(self, conn, timeout.read)
 
     async def _exchange(self, conn: _Conn, head: bytes, body: bytes, timeout: Timeouts) -> None:
