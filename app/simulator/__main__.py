@@ -1,0 +1,5 @@
+"""``python -m app.simulator``."""
+
+from app.simulator.cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""One simulated Azure resource's configuration and mutable state, and its control API.
+
+Everything a test can change or read back lives here: faults, revoked keys, request
+counters and the last requests received. `Simulator` (server.py) serves HTTP on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from app.simulator.asgi import Headers, parse_or_none
+from app.simulator.auth import Keys
+from app.simulator.faults import Fault
+
+RECORDED_REQUESTS: Final = 100
+
+
+@dataclass
+class SimConfig:
+    """Static configuration of one simulated resource."""
+
+    keys: list[str] = field(default_factory=lambda: ["sim-key-1", "sim-key-2"])
+    deployments: list[str] = field(
+        default_factory=lambda: ["gpt-4o", "gpt-4o-mini", "o3-mini", "gpt-5.2-chat"]
+    )
+    region: str = "eastus"
+    chunks: int = 8
+    chunk_delay: float = 0.0
+    latency: float = 0.0
+    reply: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunks < 1:
+            raise ValueError("chunks must be >= 1")
+
+
+@dataclass
+class Stats:
+    """Request counters; dict keys are strings, as in ``GET /_sim/stats``."""
+
+    requests: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_deployment: dict[str, int] = field(default_factory=dict)
+    by_key: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    disconnects: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready copy."""
+        return dataclasses.asdict(self)
+
+
+class Resource:
+    """A resource's state: config, keys, deployments, faults, counters, recorded requests."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config if config is not None else SimConfig()
+        self.stats = Stats()
+        self.faults: list[Fault] = []
+        self.keys = Keys(self.config.keys)
+        self.deployments = frozenset(self.config.deployments)
+        self.base_headers: Headers = [(b"x-ms-region", self.config.region.encode())]
+        self._recorded: deque[tuple[str, bytes, Headers, bytes]] = deque(maxlen=RECORDED_REQUESTS)
+
+    def add_fault(self, fault: Fault) -> None:
+        """Inject a fault (a copy is stored; first matching fault wins)."""
+        if fault.count != 0:
+            self.faults.append(dataclasses.replace(fault))
+
+    def revoke_key(self, key: str) -> None:
+        """Stop accepting ``key``."""
+        self.keys.revoke(key)
+
+    def reset(self) -> None:
+        """Clear faults, revoked keys, stats (except in_flight) and recorded requests."""
+        self.faults.clear()
+        self.keys.reset()
+        self.stats = Stats(in_flight=self.stats.in_flight)
+        self._recorded.clear()
+
+    def record(self, path: str, query: bytes, headers: Headers, body: bytes) -> None:
+        """Remember a request for ``recorded_requests`` (the last 100 are kept)."""
+        self._recorded.append((path, query, headers, body))
+
+    def recorded_requests(self) -> list[dict[str, Any]]:
+        """The last recorded API requests, newest last, with bodies parsed."""
+        return [
+            {
+                "path": path,
+                "query": query.decode("latin-1"),
+                "headers": {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in headers},
+                "body": parse_or_none(body),
+            }
+            for path, query, headers, body in self._recorded
+        ]
