@@ -26,7 +26,11 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
+
+from app.azure import parse_endpoint
+from app.config_errors import format_loc, pydantic_problems, tab_lines, yaml_problem
 
 DEFAULT_PATH = Path("config/gateway.yaml")
 DEFAULT_API_VERSION = "2024-10-21"
@@ -73,8 +77,8 @@ Api = Literal["v1", "legacy"]
 
 
 def _endpoint(value: Any) -> Any:
-    if isinstance(value, str) and not re.match(r"^https?://[^\s/]+", value.strip()):
-        raise ValueError("must be an http(s) URL like https://NAME.openai.azure.com")
+    if isinstance(value, str):
+        parse_endpoint(value)  # a ValueError says what to write instead
     return value
 
 
@@ -83,6 +87,26 @@ class Resource(_Model):
     keys: tuple[SecretStr, ...] = Field(min_length=1)
     api: Api = "v1"
     api_version: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pasted_url(cls, data: Any) -> Any:
+        """A pasted legacy URL's `?api-version=` is the form that resource answers:
+        used when `api` and `api_version` leave it open (`check` reports it)."""
+        if not isinstance(data, dict) or not isinstance(data.get("endpoint"), str):
+            return data
+        try:
+            found = parse_endpoint(data["endpoint"])
+        except ValueError:
+            return data
+        if (
+            found.api_version
+            and found.form != "v1"
+            and data.get("api_version") is None
+            and data.get("api") in (None, "legacy")
+        ):
+            return {**data, "api": "legacy", "api_version": found.api_version}
+        return data
 
 
 # A deployment name goes into a URL path: one segment, nothing to escape.
@@ -172,18 +196,15 @@ def parse(text: str, environ: Mapping[str, str], source: str = "config") -> Conf
     try:
         raw = yaml.load(_VAR.sub(env.swap, text), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"not valid YAML{where}: {problem}"], source) from None
+        tabs = tab_lines(text)
+        problem = yaml_problem(exc)
+        raise ConfigError(tabs if tabs and "tab" in problem else [*tabs, problem], source) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(["the top level must be a mapping"], source)
+        raise ConfigError(["the top level must be a mapping (name: value lines)"], source)
     filled = env.fill(raw, ())
-    if env.errors:
-        raise ConfigError(env.errors, source)
-    return validate(filled, source)
+    return validate(filled, source, env.errors, env.missing)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -227,6 +248,7 @@ class _Interpolation:
         self.environ = environ
         self.refs: list[tuple[str, str | None]] = []
         self.errors: list[str] = []
+        self.missing: set[str] = set()  # places whose variable is not set
         self.token = f"__aoai_env_{os.urandom(6).hex()}_"
         self.placeholder = re.compile(re.escape(self.token) + r"(\d+)__")
 
@@ -261,46 +283,51 @@ class _Interpolation:
                 if default is not None:
                     return default
                 self.errors.append(f"{name} is not set ({where}{format_loc(loc)})")
+                self.missing.add(format_loc(loc))
                 return ""
             return got
 
         return self.placeholder.sub(value, node)
 
 
-def format_loc(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out or "(top level)"
-
-
-def validate(data: dict[str, Any], source: str = "config") -> Config:
+def validate(
+    data: dict[str, Any],
+    source: str = "config",
+    prior: list[str] | None = None,
+    missing: set[str] | frozenset[str] = frozenset(),
+) -> Config:
+    """Every problem at once: `prior` ones (unset variables), then the schema's,
+    then the cross-references; a place already blamed on an unset variable is
+    not blamed again."""
+    errors = list(prior or [])
+    config = None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_pydantic_error(e) for e in exc.errors()], source) from None
-    errors = check_references(config)
-    if errors:
+        errors += pydantic_problems(exc.errors())
+        errors += _raw_references(data)
+    if config is not None:
+        errors += check_references(config)
+    errors = [e for e in errors if e.partition(":")[0] not in missing]
+    if errors or config is None:
         raise ConfigError(errors, source)
     return config
 
 
-def _pydantic_error(err: Any) -> str:
-    # Drop pydantic's internal steps (function-before[...]) from the location.
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p and "(" in p))
-    msg = err["msg"]
-    if err["type"] == "value_error":
-        msg = msg.removeprefix("Value error, ")
-    elif err["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling)"
-    elif err["type"] == "missing":
-        msg = "is required"
-    elif err["type"] == "too_short":
-        msg = "needs at least one item"
-    return f"{format_loc(loc)}: {msg}"
+def _raw_references(data: dict[str, Any]) -> list[str]:
+    """Unknown resources, when the schema failed elsewhere and `check_references` can't run."""
+    resources, models = data.get("resources"), data.get("models")
+    if not isinstance(resources, dict) or not isinstance(models, dict):
+        return []
+    errors = []
+    for model, entries in models.items():
+        for i, dep in enumerate(entries if isinstance(entries, list) else []):
+            name = dep.get("resource") if isinstance(dep, dict) else None
+            if isinstance(dep, str):
+                name = dep.partition("/")[0]
+            if isinstance(name, str) and name and name not in resources:
+                errors.append(f"models.{model}[{i}].resource: unknown resource '{name}'")
+    return errors
 
 
 def check_references(config: Config) -> list[str]:
@@ -343,31 +370,53 @@ def check_references(config: Config) -> list[str]:
 # --- the classic single-resource setup from the environment -------------------
 
 
+ENV_GATEWAY_KEY = "AOAI_GATEWAY_KEY"
+_ENV_NEEDED = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_DEPLOYMENTS")
+_ENV_MEANING = {
+    "AZURE_OPENAI_ENDPOINT": "the resource's URL, https://NAME.openai.azure.com",
+    "AZURE_OPENAI_API_KEY": "the resource's key 1",
+}
+_ENV_ANY = (*_ENV_NEEDED, "AZURE_OPENAI_API_KEY_2", "AZURE_OPENAI_API_VERSION", ENV_GATEWAY_KEY)
+
+
 def config_from_env(environ: Mapping[str, str]) -> Config | None:
-    """`AZURE_OPENAI_ENDPOINT` + key(s) + deployments, or None when not set."""
-    endpoint = environ.get("AZURE_OPENAI_ENDPOINT")
-    if not endpoint:
+    """`AZURE_OPENAI_ENDPOINT` + key(s) + deployments, or None when none is set.
+
+    `AOAI_GATEWAY_KEY`, if set, is the one gateway key (named `default`, admin),
+    so the gateway may serve beyond loopback without a file.
+    """
+    if not any(environ.get(name) for name in _ENV_ANY):
         return None
-    errors = []
-    if not re.match(r"^https?://[^\s/]+", endpoint.strip()):
-        errors.append(
-            "AZURE_OPENAI_ENDPOINT: must be an http(s) URL like https://NAME.openai.azure.com"
-        )
+    endpoint = environ.get("AZURE_OPENAI_ENDPOINT", "")
+    errors = [
+        f"{name} is not set: {_ENV_MEANING[name]}"
+        for name in _ENV_NEEDED[:2]
+        if not environ.get(name)
+    ]
+    found = None
+    if endpoint:
+        try:
+            found = parse_endpoint(endpoint)
+        except ValueError as exc:
+            errors.append(f"AZURE_OPENAI_ENDPOINT: {exc}")
     keys = [environ.get("AZURE_OPENAI_API_KEY", ""), environ.get("AZURE_OPENAI_API_KEY_2", "")]
-    if not keys[0]:  # key1 first: a lone KEY_2 is most likely a typo in the first name
-        errors.append("AZURE_OPENAI_API_KEY is not set (AZURE_OPENAI_ENDPOINT is)")
     keys = [k for k in keys if k]
     names = [d.strip() for d in environ.get("AZURE_OPENAI_DEPLOYMENTS", "").split(",") if d.strip()]
+    if not names and found is not None and found.deployment:
+        names = [found.deployment]  # the one deployment named in the pasted URL
     if not names:
         errors.append("AZURE_OPENAI_DEPLOYMENTS is not set: a comma list of deployment names")
     if errors:
         raise ConfigError(errors, "environment")
     version = environ.get("AZURE_OPENAI_API_VERSION")
-    resource: dict[str, Any] = {"endpoint": endpoint, "keys": keys, "api": "v1"}
+    resource: dict[str, Any] = {"endpoint": endpoint, "keys": keys}
     if version:
         resource.update(api="legacy", api_version=version)
-    data = {
+    data: dict[str, Any] = {
         "resources": {"azure": resource},
         "models": {n: [{"resource": "azure", "deployment": n}] for n in names},
     }
+    gateway_key = environ.get(ENV_GATEWAY_KEY)
+    if gateway_key:
+        data["gateway"] = {"keys": [{"name": "default", "key": gateway_key, "admin": True}]}
     return validate(data, "environment")

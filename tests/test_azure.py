@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import email.utils
+import re
 from typing import Any
 
 import httpx
@@ -38,6 +39,58 @@ from app.upstream import HttpxUpstream, Timeouts
 )
 def test_normalize_endpoint(given: str, expected: str) -> None:
     assert azure.normalize_endpoint(given) == expected
+
+
+PORTAL = (
+    "https://x.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (
+            PORTAL,
+            azure.Endpoint(
+                "https://x.openai.azure.com", "gpt-4o", "2024-10-21", "legacy", "chat/completions"
+            ),
+        ),
+        (
+            "https://x.openai.azure.com/openai/v1/chat/completions",
+            azure.Endpoint("https://x.openai.azure.com", None, None, "v1", "chat/completions"),
+        ),
+        (
+            "https://x.openai.azure.com/openai/deployments/gpt-4o",
+            azure.Endpoint("https://x.openai.azure.com", "gpt-4o", None, "legacy"),
+        ),
+        (
+            "https://x.openai.azure.com/openai/v1/?api-version=preview",
+            azure.Endpoint("https://x.openai.azure.com", None, "preview", "v1"),
+        ),
+        (
+            "https://x.openai.azure.com?api-version=2024-06-01",
+            azure.Endpoint("https://x.openai.azure.com", None, "2024-06-01"),
+        ),
+    ],
+)
+def test_pasted_urls_are_understood(given: str, expected: azure.Endpoint) -> None:
+    assert azure.parse_endpoint(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("x.openai.azure.com", "must be an http(s) URL"),
+        ("https://x.openai.azure.com/chat", "write just https://x.openai.azure.com"),
+        ("https://x.openai.azure.com/openai/responses", "write just https://x.openai.azure.com"),
+        ("https://x.services.ai.azure.com/api/projects/p", "a Foundry project endpoint"),
+        ("https://x.openai.azure.com/openai/v1?foo=1", "query parameter(s) foo are not used"),
+        ("https://u:p@x.openai.azure.com", "must not hold a user name or password"),
+    ],
+)
+def test_urls_the_gateway_cannot_use_are_refused_with_what_to_write(given: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        azure.parse_endpoint(given)
 
 
 def test_chat_url_v1_ignores_deployment_and_version() -> None:

@@ -203,7 +203,7 @@ resources:
 
 
 def test_top_level_must_be_a_mapping() -> None:
-    assert errors_of("- a\n") == ["the top level must be a mapping"]
+    assert errors_of("- a\n") == ["the top level must be a mapping (name: value lines)"]
 
 
 def test_empty_file_is_an_empty_config() -> None:
@@ -330,6 +330,57 @@ models:
         "https://x.openai.azure.com/openai/deployments/dep/chat/completions"
         f"?api-version={DEFAULT_API_VERSION}"
     )
+
+
+def test_a_pasted_portal_url_keeps_the_origin_and_uses_its_api_version() -> None:
+    portal = "https://x.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
+    text = f"""
+resources:
+  pasted: {{endpoint: "{portal}?api-version=2024-06-01", keys: [k]}}
+  forced: {{endpoint: "{portal}?api-version=2024-06-01", keys: [k], api: v1}}
+  sdk: {{endpoint: "https://x.openai.azure.com/openai/v1/chat/completions", keys: [k]}}
+  bare: {{endpoint: "https://x.openai.azure.com/openai/deployments/gpt-4o", keys: [k]}}
+models:
+  m: [pasted/dep, forced/dep, sdk/dep, bare/dep]
+"""
+    pasted, forced, sdk, bare = build_table(parse(text, {}))["m"]
+    assert pasted.url == (
+        "https://x.openai.azure.com/openai/deployments/dep/chat/completions?api-version=2024-06-01"
+    )
+    assert (
+        forced.url
+        == sdk.url
+        == bare.url
+        == ("https://x.openai.azure.com/openai/v1/chat/completions")
+    )
+
+
+def test_an_endpoint_the_gateway_cannot_use_names_the_field() -> None:
+    text = """
+resources:
+  a: {endpoint: "https://x.openai.azure.com/openai/responses?api-version=x", keys: [k]}
+"""
+    (error,) = errors_of(text)
+    assert error.startswith("resources.a.endpoint: the path /openai/responses is not")
+    assert error.endswith("write just https://x.openai.azure.com")
+
+
+def test_env_endpoint_from_the_portal_gives_deployment_and_version() -> None:
+    config = env_config(
+        AZURE_OPENAI_ENDPOINT="https://x.openai.azure.com/openai/deployments/gpt-4o/"
+        "chat/completions?api-version=2024-10-21",
+        AZURE_OPENAI_API_KEY="key-one",
+        AOAI_GATEWAY_KEY="gw-key",
+    )
+    assert config is not None
+    (target,) = build_table(config)["gpt-4o"]
+    assert target.url == (
+        "https://x.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
+        "?api-version=2024-10-21"
+    )
+    (key,) = config.gateway.keys
+    assert (key.name, key.admin) == ("default", True)
+    assert key.key is not None and key.key.get_secret_value() == "gw-key"
 
 
 def test_api_defaults_to_v1_and_legacy_version_defaults() -> None:
@@ -473,8 +524,17 @@ def env_config(**env: str) -> Config | None:
     return config_from_env(env)
 
 
-def test_no_endpoint_means_no_env_config() -> None:
-    assert env_config(AZURE_OPENAI_API_KEY="k") is None
+def test_no_azure_variable_means_no_env_config() -> None:
+    assert env_config(HOME="/root") is None
+
+
+def test_a_missing_endpoint_is_named_when_other_variables_are_set() -> None:
+    with pytest.raises(ConfigError) as info:
+        env_config(AZURE_OPENAI_API_KEY="k")
+    assert info.value.errors == [
+        "AZURE_OPENAI_ENDPOINT is not set: the resource's URL, https://NAME.openai.azure.com",
+        "AZURE_OPENAI_DEPLOYMENTS is not set: a comma list of deployment names",
+    ]
 
 
 def test_env_v1_without_version() -> None:
@@ -514,11 +574,11 @@ def test_env_legacy_with_version_and_second_key() -> None:
     [
         (
             {"AZURE_OPENAI_DEPLOYMENTS": "gpt-4o"},
-            ["AZURE_OPENAI_API_KEY is not set (AZURE_OPENAI_ENDPOINT is)"],
+            ["AZURE_OPENAI_API_KEY is not set: the resource's key 1"],
         ),
         (
             {"AZURE_OPENAI_API_KEY_2": "k2", "AZURE_OPENAI_DEPLOYMENTS": "gpt-4o"},
-            ["AZURE_OPENAI_API_KEY is not set (AZURE_OPENAI_ENDPOINT is)"],
+            ["AZURE_OPENAI_API_KEY is not set: the resource's key 1"],
         ),
         (
             {"AZURE_OPENAI_API_KEY": "k"},
@@ -527,7 +587,7 @@ def test_env_legacy_with_version_and_second_key() -> None:
         (
             {},
             [
-                "AZURE_OPENAI_API_KEY is not set (AZURE_OPENAI_ENDPOINT is)",
+                "AZURE_OPENAI_API_KEY is not set: the resource's key 1",
                 "AZURE_OPENAI_DEPLOYMENTS is not set: a comma list of deployment names",
             ],
         ),
