@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 
 import orjson
 import pytest
 
 from app.relay import SSEFilter, error_event, token_counts, usage_of
+from app.upstream import StreamBroken
 
 # Azure-shaped events (each ends with its blank line).
 PROMPT_FILTER = (
@@ -250,3 +252,43 @@ def test_last_event_without_blank_line_is_kept_at_close() -> None:
     assert f.close() == b"data: [DONE]\n\n"
     assert f.done
     assert f.close() == b""
+
+
+def test_a_long_line_costs_time_linear_in_its_bytes() -> None:
+    """Issue 10: a 50 MB line arriving in 64 KiB reads was re-joined and re-scanned on
+    every read (2.8 s of CPU). Each byte is now scanned a bounded number of times."""
+    read = b"x" * 65536
+    reads = 50 * 1024 * 1024 // len(read)
+    sse = SSEFilter(forward_usage=False, max_event=64 * 1024 * 1024)
+    started = time.process_time()
+    assert sse.feed(b"data: ") == b""
+    for _ in range(reads):
+        assert sse.feed(read) == b""
+    event = sse.feed(b"\n\n")
+    spent = time.process_time() - started
+    assert len(event) == 6 + reads * len(read) + 2
+    assert spent < 0.5, f"{spent:.2f}s of CPU for one 50 MB line"
+
+
+def test_an_event_larger_than_max_event_breaks_the_stream() -> None:
+    sse = SSEFilter(forward_usage=False, max_event=1000)
+    assert sse.feed(content("a")) == content("a")
+    sse.feed(b"data: " + b"y" * 600)
+    with pytest.raises(StreamBroken, match="larger than 1000 bytes"):
+        sse.feed(b"y" * 600)
+    whole = SSEFilter(forward_usage=False, max_event=1000)
+    with pytest.raises(StreamBroken):
+        whole.feed(b"data: " + b"z" * 2000)  # one read, no blank line: held, too big
+
+
+def test_an_event_up_to_max_event_passes() -> None:
+    event = content("b" * 900)
+    sse = SSEFilter(forward_usage=False, max_event=len(event))
+    assert sse.feed(event[:500]) == b""
+    assert sse.feed(event[500:]) == event
+
+
+def test_deltas_count_the_content_chunks_forwarded() -> None:
+    out, sse = feed_all([STREAM[i : i + 7] for i in range(0, len(STREAM), 7)])
+    assert out == EXPECTED
+    assert sse.deltas == len(NORMAL)
