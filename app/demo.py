@@ -32,8 +32,8 @@ import uvicorn
 from app.accesslog import AccessLog
 from app.config import Config, validate
 from app.errors import GatewayError, MethodNotAllowed, NotFound
-from app.proxy import Receive, Scope, Send, new_request_id, send_error
-from app.server import Server
+from app.proxy import Receive, Scope, Send, send_error
+from app.server import Server, request_id_of
 from app.simulator import Fault, SimConfig, Simulator, quiet_drop_logs
 
 REGIONS = ("eastus", "sweden")
@@ -78,15 +78,17 @@ class DemoApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (scope["path"] + "/").startswith("/demo/"):
+            request_id = request_id_of(scope)
             try:
                 body = self.control(scope["method"], scope["path"].rstrip("/"))
             except GatewayError as exc:
-                await send_error(send, exc, new_request_id())
+                await send_error(send, exc, request_id)
                 return
             data = orjson.dumps(body)
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", b"%d" % len(data)),
+                (b"x-request-id", request_id.encode("latin-1")),
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": data})

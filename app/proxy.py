@@ -78,6 +78,11 @@ class Record:
     error: str | None = None
 
 
+def limits_text(rpm: int | None, tpm: int | None) -> str:
+    """`rpm 3`, `tpm 1000` or `rpm 3, tpm 1000`: only the limits that are set."""
+    return ", ".join(f"{n} {v}" for n, v in (("rpm", rpm), ("tpm", tpm)) if v is not None)
+
+
 def new_request_id() -> str:
     return os.urandom(12).hex()
 
@@ -213,7 +218,8 @@ async def _serve(
         wait = await services.state.admit(caller.name, caller.rpm, caller.tpm, now)
         if wait is not None:
             raise RateLimited(
-                f"Rate limit reached for key '{caller.name}' (rpm {caller.rpm}, tpm {caller.tpm}); "
+                f"Rate limit reached for key '{caller.name}' "
+                f"({limits_text(caller.rpm, caller.tpm)}); "
                 "retry after the time in the retry-after header.",
                 wait,
             )

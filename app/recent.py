@@ -88,6 +88,7 @@ class Health:
     failed: int = 0
     latencies: list[float] = field(default_factory=list)
     last_error: str | None = None
+    streak: int = 0  # failed attempts since the last one that worked: failing right now
 
     @property
     def attempts(self) -> int:
@@ -125,18 +126,21 @@ def summarize(events: list[Event], now: float, window: float = HEALTH_WINDOW) ->
         for target_id, reason in failures:
             h = out.setdefault(target_id, Health())
             h.failed += 1
+            h.streak += 1
             h.last_error = reason
         if final is None:
             continue
         h = out.setdefault(final, Health())
         if error is None and status not in (0, 499):
             h.ok += 1
+            h.streak = 0
             h.latencies.append(ttft if ttft is not None else duration)
         elif error == "upstream_stream_error" or (
             error not in (None, "client_disconnected")
             and not (failures and failures[-1][0] == final)
         ):
             h.failed += 1
+            h.streak += 1
             h.last_error = "broke mid-response"
     return out
 

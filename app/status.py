@@ -133,14 +133,20 @@ def badge(kind: str, text: str, title: str = "") -> str:
 
 def health_cell(d: DeploymentView, now: float) -> str:
     usable = [k for k in d.keys if k.rejected_until is None]
+    h = d.health
     if d.cooling_until is not None:
         left = max(0, round(d.cooling_until - now))
-        return badge("warn", f"cooling down until {clock(d.cooling_until)} ({left} s)")
+        cooling = f"cooling down until {clock(d.cooling_until)} ({left} s)"
+        if h.streak:
+            return badge("bad", f"failing ({h.last_error}), {cooling}")
+        return badge("warn", cooling)
     if not usable:
         return badge("bad", "every key rejected")
-    h = d.health
+    if h.streak:  # the latest attempts failed: failing now, whatever the 15-minute rate says
+        tried = "the last attempt" if h.streak == 1 else f"the last {h.streak} attempts"
+        return badge("bad", f"failing: {h.last_error}", f"{tried} failed")
     if h.attempts and h.error_rate is not None and h.error_rate >= 0.5:
-        return badge("warn", "failing", f"last error: {h.last_error}")
+        return badge("warn", "unstable", f"last error: {h.last_error}")
     if not h.attempts:
         return badge("idle", "no recent traffic")
     return badge("ok", "healthy")

@@ -65,11 +65,16 @@ def test_demo_streams_then_fails_over_to_the_other_region(
 
     assert stream_chat() == ("eastus", "You said: Hello from the demo")
 
-    failed = httpx.post(url + "/demo/fail/eastus")
+    failed = httpx.post(url + "/demo/fail/eastus", headers={"x-request-id": "demo-req-1"})
     assert failed.status_code == 200
+    assert failed.headers["x-request-id"] == "demo-req-1"
     assert failed.json()["regions"]["eastus"] == {"failing": True}
     for _ in range(2):  # the first finds eastus failing, the next skips it while it cools down
         assert stream_chat() == ("sweden", "You said: Hello from the demo")
+
+    page = httpx.get(url + "/status").text  # the failing region is visible
+    eastus_row = page[page.index("<b>eastus</b> / gpt-4o<") :].split("</tr>")[0]
+    assert "failing (HTTP 500), cooling down until" in eastus_row
 
     recovered = httpx.post(url + "/demo/recover/eastus")
     assert recovered.json()["regions"]["eastus"] == {"failing": False}
@@ -79,6 +84,9 @@ def test_demo_streams_then_fails_over_to_the_other_region(
     }
     bad = httpx.post(url + "/demo/fail/westus")
     assert bad.status_code == 404 and "westus" in bad.json()["error"]["message"]
+    assert (
+        len(bad.headers["x-request-id"]) == 24 and httpx.get(url + "/demo").headers["x-request-id"]
+    )
     assert httpx.get(url + "/demo/fail/eastus").status_code == 405
 
     page = httpx.get(url + "/status")

@@ -45,7 +45,9 @@ def test_rpm_refuses_the_extra_request_without_calling_azure(sim: Any, start_gat
     gw = start_gateway(_config(sim, rpm=2))
     assert _chat(gw).status_code == 200
     assert _chat(gw, stream=True).status_code == 200
-    _assert_refused(_chat(gw), 55, 60)
+    refused = _chat(gw)
+    _assert_refused(refused, 55, 60)
+    assert "(rpm 2)" in refused.json()["error"]["message"]  # only the limits that are set
     _assert_refused(_chat(gw, stream=True), 55, 60)  # a stream is refused before it starts
     assert sim["sweden"].stats()["requests"] == 2
     assert sim["eastus"].stats()["requests"] == 0

@@ -8,7 +8,7 @@ import pytest
 
 from app.recent import MINUTES, Health, Recent, event_of, median, per_minute, summarize
 from app.routing import Target, UpstreamKey
-from app.status import DeploymentView, KeyView, View, render, rpm_chart
+from app.status import DeploymentView, KeyView, View, health_cell, render, rpm_chart
 
 
 def target(resource: str, deployment: str = "gpt-4o") -> Target:
@@ -62,6 +62,28 @@ def test_summarize_counts_failed_attempts_and_the_attempt_that_served() -> None:
     assert (east.ok, east.failed) == (2, 2)  # two served / key rejected, 500 (left: neither)
     assert east.error_rate == 0.5
     assert east.p50 is not None and abs(east.p50 - 0.3) < 1e-9
+
+
+def test_a_deployment_whose_latest_attempts_failed_is_failing_before_it_cools() -> None:
+    now = 10_000.0
+    served = [
+        event_of(FakeRecord(200, FakeTrace(EAST), ttft=0.1), now - 60 + i, 1.0) for i in range(5)
+    ]
+    failed = FakeRecord(200, FakeTrace(SWEDEN, [(EAST, "HTTP 500")]), ttft=0.1)
+    health = summarize([*served, event_of(failed, now - 1, 1.0)], now)
+    east = health["eastus/gpt-4o"]
+    assert (east.ok, east.failed, east.streak) == (5, 1, 1)  # 17% errors, but failing now
+    row = DeploymentView(
+        "eastus", "gpt-4o", "v1", 0, "", None, [KeyView("key1", "e#1", None)], east
+    )
+    assert "failing: HTTP 500" in health_cell(row, now)
+    row.cooling_until = now + 10
+    assert "failing (HTTP 500), cooling down until" in health_cell(row, now)
+    later = event_of(FakeRecord(200, FakeTrace(EAST), ttft=0.1), now - 0.5, 1.0)
+    again = summarize([*served, event_of(failed, now - 1, 1.0), later], now)["eastus/gpt-4o"]
+    assert again.streak == 0  # a later attempt worked
+    row.cooling_until, row.health = None, again
+    assert "healthy" in health_cell(row, now)
 
 
 def test_recent_counts_requests_and_failures_per_minute_and_forgets_old_minutes(
