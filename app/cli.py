@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import ipaddress
 import logging
 import os
 import shutil
@@ -18,19 +17,11 @@ from pathlib import Path
 
 from app import __version__
 from app.config import Config, ConfigError, resolve_path
+from app.loopback import exposure_error, is_loopback
 from app.routing import build_table
-from app.server import Server, make_loader
+from app.server import ENV_HOST, Server, make_loader
 
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+__all__ = ["is_loopback", "main"]
 
 
 def setup_logging(level: str) -> None:
@@ -55,13 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     config = load_config(args)
-    if not config.gateway.keys and not is_loopback(args.host):
-        print(
-            f"refusing to serve on {args.host}: no gateway.keys are configured, so anyone who "
-            "can reach it could use your Azure quota. Add gateway.keys to the configuration "
-            "(see config/example.yaml), or serve on 127.0.0.1.",
-            file=sys.stderr,
-        )
+    refused = exposure_error(config, args.host)
+    if refused is not None:
+        print(refused, file=sys.stderr)
         return 2
     setup_logging(args.log_level)
     path = _config_path(args)
@@ -87,6 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 args.workers,
             )
         os.environ["AOAI_GATEWAY_ACCESS_LOG"] = "0" if args.no_access_log else "1"
+        os.environ[ENV_HOST] = args.host  # each worker checks every (re)load against it
         if path is not None:
             os.environ["AOAI_GATEWAY_CONFIG"] = str(path.resolve())
         made = None
@@ -104,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         make_loader(path, os.environ),
         watch=path if args.watch else None,
         access_log=not args.no_access_log,
+        host=args.host,
     )
     uvicorn.run(server, **common)
     return 0

@@ -32,6 +32,7 @@ import uvicorn
 from app.accesslog import AccessLog
 from app.config import Config, validate
 from app.errors import GatewayError, MethodNotAllowed, NotFound
+from app.loopback import is_loopback
 from app.proxy import Receive, Scope, Send, send_error
 from app.server import Server, request_id_of
 from app.simulator import Fault, SimConfig, Simulator, quiet_drop_logs
@@ -316,8 +317,6 @@ async def _serve(gateway_sock: socket.socket, base: str) -> int:
 
 
 def run_demo(port: int = 8000, host: str = "127.0.0.1") -> int:
-    from app.cli import is_loopback
-
     if not is_loopback(host):
         print(
             f"the demo serves loopback addresses only (it has no keys), not {host}; "

@@ -31,6 +31,7 @@ from app.cors import CORS
 from app.errors import MethodNotAllowed
 from app.gateway import Gateway, Services
 from app.h1 import H1Upstream
+from app.loopback import exposure_error
 from app.metrics import Metrics
 from app.proxy import Message, Receive, Scope, Send, handle_chat, new_request_id, send_error
 from app.state import MemoryState, State
@@ -52,6 +53,8 @@ CHAT_PATHS = frozenset(
 _DEPLOYMENTS = "/openai/deployments/"
 _CHAT = "/chat/completions"
 DEFAULT_USAGE_PATH = "aoai-gateway.db"
+# The address `serve --workers N` listens on, for each worker's checks (`create_app`).
+ENV_HOST = "AOAI_GATEWAY_HOST"
 
 Loader = Callable[[], Config]
 
@@ -76,8 +79,10 @@ class Server:
         access_log: bool = True,
         make_state: Callable[[Config, Metrics], State] | None = None,
         make_store: Callable[[Config], Store] | None = None,
+        host: str | None = None,
     ) -> None:
         self.loader = loader
+        self.host = host  # the listener's address; None: the embedder checks exposure itself
         self.watch = watch
         self.access_log = access_log
         self._make_state = make_state or default_state
@@ -145,7 +150,7 @@ class Server:
                 return
 
     async def startup(self) -> None:
-        config = self.loader()
+        config = self._load()
         tune_gc()
         metrics = Metrics(cooling=self._cooling_source)
         state = self._make_state(config, metrics)
@@ -188,7 +193,7 @@ class Server:
         if self.services is None:
             return False
         try:
-            config = self.loader()
+            config = self._load()
         except ConfigError as exc:
             log.error("reload refused, still serving the previous configuration:\n%s", exc.render())
             return False
@@ -199,6 +204,14 @@ class Server:
         self.reloads += 1
         log.info("configuration reloaded: %d models", len(config.models))
         return True
+
+    def _load(self) -> Config:
+        """The configuration, if it is valid and safe to serve on this server's address."""
+        config = self.loader()
+        refused = None if self.host is None else exposure_error(config, self.host)
+        if refused is not None:
+            raise ConfigError([refused])
+        return config
 
     async def _watch_file(self, path: Path) -> None:
         def stamp() -> float:
@@ -297,4 +310,6 @@ def create_app() -> Server:
     """uvicorn factory for `--workers N`: configuration from the environment."""
     path = resolve_path(None, os.environ)
     access_log = os.environ.get("AOAI_GATEWAY_ACCESS_LOG", "1") != "0"
-    return Server(make_loader(path, os.environ), access_log=access_log)
+    # Not told the address (uvicorn run by hand): assume any, so keyless is refused.
+    host = os.environ.get(ENV_HOST) or "0.0.0.0"
+    return Server(make_loader(path, os.environ), access_log=access_log, host=host)
