@@ -56,6 +56,16 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 15.0) ->
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `check` every 0.1 s until it is true (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)

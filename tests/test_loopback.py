@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -19,18 +18,9 @@ import yaml
 
 from app.config import validate
 from app.loopback import exposure_error, is_loopback
-from tests.conftest import GATEWAY_KEY, base_config
+from tests.conftest import GATEWAY_KEY, base_config, wait_for
 
 REFUSED = "refusing to serve on 0.0.0.0: no gateway.keys are configured"
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def keyless(gw: Any) -> None:

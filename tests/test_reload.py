@@ -13,7 +13,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import GATEWAY_KEY, SIM_KEYS, Sim, start_sim, stop
+from tests.conftest import GATEWAY_KEY, SIM_KEYS, Sim, start_sim, stop, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +41,6 @@ def rewrite(gw: Any, config: dict[str, Any]) -> None:
 def models_of(gw: Any) -> list[str]:
     r = httpx.get(gw.base_url + "/models", headers=gw.headers())
     return sorted(m["id"] for m in r.json()["data"])
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def stream_while(
