@@ -71,6 +71,8 @@ class GatewaySettings(_Model):
     keys: tuple[GatewayKey, ...] = ()
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # an upstream answer read whole (not streamed) larger than this fails the attempt
+    max_upstream_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
 
 Api = Literal["v1", "legacy"]

@@ -13,7 +13,9 @@ Rules (README "How failover works"):
   for `rejected_key_ttl`;
 - 429: the deployment cools for the upstream's `retry-after-ms`, else
   `retry-after`, else `cooldown`; next candidate;
-- 5xx, timeout to first byte, connection error, body cut short: the deployment
+- 5xx, 3xx (a redirect is never followed nor relayed), timeout, connection
+  error (also one after the request was written: it is never sent again on
+  another connection), a body cut short or over its limits: the deployment
   cools for `cooldown`; next candidate;
 - 404 (DeploymentNotFound): next candidate, with a warning naming it;
 - other 4xx: returned to the caller as is;
@@ -207,6 +209,12 @@ async def connect(
                 trace.failures.append((target, "deployment not found"))
                 recorder.failover("not_found")
                 break
+            if outcome is Outcome.REDIRECT:
+                log.warning(
+                    "resource %s answered HTTP %s (a redirect, not followed): check its endpoint",
+                    target.resource,
+                    resp.status,
+                )
             _down(state, target, policy, outlook, trace, f"HTTP {resp.status}", recorder)
             break
     raise _give_up(trace, outlook, exhausted=False)

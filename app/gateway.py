@@ -21,6 +21,7 @@ from app.disconnect import Watches
 from app.failover import Policy
 from app.metrics import Metrics
 from app.recent import Recent
+from app.redact import Redactor
 from app.routing import Target, build_table
 from app.state import State
 from app.upstream import Timeouts, Upstream
@@ -58,9 +59,16 @@ class Gateway:
             max_attempts=r.max_attempts,
             cooldown=r.cooldown,
             rejected_key_ttl=r.rejected_key_ttl,
-            timeouts=Timeouts(connect=r.connect_timeout, read=r.first_byte_timeout),
+            timeouts=Timeouts(
+                connect=r.connect_timeout,
+                read=r.first_byte_timeout,
+                max_body=config.gateway.max_upstream_body_bytes,
+            ),
         )
         self.max_body = config.gateway.max_body_bytes
+        self.redact = Redactor(
+            k.get_secret_value() for res in config.resources.values() for k in res.keys
+        )
         self.rng = rng or random.Random()
 
     def cooling_view(self, now: float) -> Iterable[tuple[str, str, bool]]:

@@ -10,7 +10,9 @@ the client decided whether the gateway could reach half of direct throughput
 - POST with a body, keep-alive connections pooled per origin, TLS with the
   system trust store, `Content-Length` or chunked responses (httptools, the
   parser uvicorn uses, does the decoding);
-- timeouts: connect, first byte (response headers), and between body bytes;
+- timeouts: connect, first byte (response headers), between body bytes, and
+  for a body read whole, its total; the limits of `app.upstream` on headers
+  (count, size) and on a body read whole;
 - a body streamed as it arrives, with back-pressure (the socket is paused
   while more than `HIGH_WATER` bytes wait for the consumer);
 - a request cancelled or a body left unread closes its connection, so a
@@ -42,11 +44,23 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from app.upstream import ConnectFailed, Response, StreamBroken, TimedOut, Timeouts
+from app.upstream import (
+    MAX_FIELD,
+    MAX_HEADERS,
+    ConnectFailed,
+    Response,
+    StreamBroken,
+    TimedOut,
+    Timeouts,
+    incomplete,
+    over_limit,
+    too_large,
+)
 
 HIGH_WATER = 256 * 1024
 SWEEP = 0.05  # seconds between deadline checks: how late a timeout may fire
 MAX_IDLE_PER_ORIGIN = 256
+MAX_HEAD = MAX_HEADERS * MAX_FIELD  # bytes before a response's headers are complete
 KEEPALIVE = 30.0  # seconds a pooled connection may stay idle (aiohttp's default too)
 # A connection idle for longer than this is peeked at before reuse (`_stale`): a
 # server closes idle connections after its keep-alive timeout, never within a
@@ -71,6 +85,7 @@ class _Conn(asyncio.Protocol):
     def prepare(self) -> None:
         """Fresh per-request state (the parser carries over between messages)."""
         self.headers: dict[str, str] = {}
+        self.head_bytes = 0  # received while the head is incomplete; -1 once it is
         self.status = 0
         self.keep_alive = False
         self.until_eof = False  # no Content-Length, not chunked: the body ends at EOF
@@ -89,6 +104,11 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if self.head_bytes >= 0:
+            if self.head_bytes > MAX_HEAD:
+                self._fail(f"response head over {MAX_HEAD} bytes")
+                return
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -116,7 +136,11 @@ class _Conn(asyncio.Protocol):
             self._fail("a response nobody asked for")  # e.g. a 408 on an idle connection
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        headers = self.headers
+        if len(headers) >= MAX_HEADERS or len(name) + len(value) > MAX_FIELD:
+            self._fail(f"response headers over the limit ({MAX_HEADERS} of {MAX_FIELD} bytes)")
+            return
+        headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -125,6 +149,7 @@ class _Conn(asyncio.Protocol):
             self.headers = {}
             return
         self.status = status
+        self.head_bytes = -1
         self.keep_alive = self.parser.should_keep_alive()  # reset once the message completes
         headers = self.headers
         self.until_eof = (
@@ -212,26 +237,32 @@ class _H1Response:
     """The body of one exchange; a body cut short (timeout, drop, cancellation)
     closes its connection at once, `aclose()` pools it only if it ended cleanly."""
 
-    __slots__ = ("_client", "_conn", "_open", "_timeout", "headers", "status")
+    __slots__ = ("_client", "_conn", "_limits", "_open", "headers", "status")
 
-    def __init__(self, client: H1Upstream, conn: _Conn, timeout: float) -> None:
+    def __init__(self, client: H1Upstream, conn: _Conn, limits: Timeouts) -> None:
         self._client = client
         self._conn = conn
-        self._timeout = timeout
+        self._limits = limits
         self._open = True
         self.status = conn.status
         self.headers: Mapping[str, str] = conn.headers  # this exchange's: prepare() makes anew
 
-    async def _wait(self) -> None:
+    async def _wait(self, until: float = 0.0) -> None:
+        """The next body bytes, within the gap timeout (and before `until`, if set)."""
         conn = self._conn
         loop = asyncio.get_running_loop()
         waiter = conn.waiter = loop.create_future()
-        conn.deadline = loop.time() + self._timeout
+        gap = self._limits.read
+        conn.deadline = loop.time() + gap
+        if until and until < conn.deadline:
+            conn.deadline = until
         self._client.watch_deadlines(loop)
         try:
             await waiter
         except TimeoutError:
-            raise self._broken(f"no body bytes for {self._timeout:g}s") from None
+            if until and loop.time() >= until:
+                raise self._broken(incomplete(gap)) from None
+            raise self._broken(StreamBroken(f"no body bytes for {gap:g}s")) from None
         except asyncio.CancelledError:
             self._drop()
             raise
@@ -239,9 +270,9 @@ class _H1Response:
             conn.deadline = 0.0
             conn.waiter = None
 
-    def _broken(self, message: str) -> StreamBroken:
+    def _broken(self, error: StreamBroken) -> StreamBroken:
         self._drop()
-        return StreamBroken(message)
+        return error
 
     def _drop(self) -> None:
         if self._open:
@@ -249,16 +280,27 @@ class _H1Response:
             self._client.discard(self._conn)
 
     async def read(self) -> bytes:
+        """The whole body: at most `max_body` bytes, complete within `read` seconds."""
         conn = self._conn
+        limit = self._limits.max_body
+        error = too_large(conn.headers.get("content-length"), limit)
+        if error is not None:
+            raise self._broken(error)
+        until = asyncio.get_running_loop().time() + self._limits.read
         parts: list[bytes] = []
+        size = 0
         while True:
             if conn.chunks:
-                parts.append(conn.take())
+                piece = conn.take()
+                size += len(piece)
+                if size > limit:
+                    raise self._broken(over_limit(limit))
+                parts.append(piece)
             if conn.complete:
                 return b"".join(parts)
             if conn.error is not None:
-                raise self._broken(conn.error)
-            await self._wait()
+                raise self._broken(StreamBroken(conn.error))
+            await self._wait(until)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -269,7 +311,7 @@ class _H1Response:
             if conn.complete:
                 return
             if conn.error is not None:
-                raise self._broken(conn.error)
+                raise self._broken(StreamBroken(conn.error))
             await self._wait()
 
     async def aclose(self) -> None:
@@ -386,7 +428,7 @@ class H1Upstream:
         )
         conn = self._pop_idle(origin) or await self._connect(origin, timeout)
         await self._exchange(conn, head, body, timeout)  # written once: never resent
-        return _H1Response(self, conn, timeout.read)
+        return _H1Response(self, conn, timeout)
 
     async def _exchange(self, conn: _Conn, head: bytes, body: bytes, timeout: Timeouts) -> None:
         conn.prepare()

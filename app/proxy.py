@@ -256,17 +256,17 @@ async def _serve(
         if stream and resp.status == 200 and "event-stream" in content_type:
             await _relay_stream(gw, resp, rec, send, client_usage)
         else:
-            await _relay_body(resp, rec, send, content_type)
+            await _relay_body(gw, resp, rec, send, content_type)
     finally:
         await resp.aclose()
 
 
-def _response_headers(resp: Response, rec: Record) -> list[tuple[bytes, bytes]]:
+def _response_headers(gw: Gateway, resp: Response, rec: Record) -> list[tuple[bytes, bytes]]:
     out = [(b"x-request-id", rec.request_id.encode("latin-1"))]
     for name, value in resp.headers.items():
         passed = _passed_name(name)
         if passed is not None:
-            out.append((passed, value.encode("latin-1")))
+            out.append((passed, gw.redact.bytes(value.encode("latin-1"))))
     return out
 
 
@@ -277,9 +277,11 @@ def _passed_name(name: str) -> bytes | None:
     return lname if lname.startswith(_PASS) else None
 
 
-async def _relay_body(resp: Response, rec: Record, send: Send, content_type: str) -> None:
+async def _relay_body(
+    gw: Gateway, resp: Response, rec: Record, send: Send, content_type: str
+) -> None:
     try:
-        body = await resp.read()
+        body = gw.redact.bytes(await resp.read())
     except StreamBroken as exc:
         raise _broken(rec, exc) from None
     rec.status = resp.status
@@ -288,7 +290,7 @@ async def _relay_body(resp: Response, rec: Record, send: Send, content_type: str
         usage = relay.usage_of(body)
         if usage is not None:
             rec.tokens = relay.token_counts(usage)
-    headers = _response_headers(resp, rec)
+    headers = _response_headers(gw, resp, rec)
     headers.append((b"content-type", (content_type or "application/json").encode("latin-1")))
     headers.append((b"content-length", str(len(body)).encode()))
     rec.responded = True
@@ -299,16 +301,18 @@ async def _relay_body(resp: Response, rec: Record, send: Send, content_type: str
 async def _relay_stream(
     gw: Gateway, resp: Response, rec: Record, send: Send, client_usage: bool
 ) -> None:
-    headers = _response_headers(resp, rec)
+    headers = _response_headers(gw, resp, rec)
     headers.extend(_SSE_HEADERS)
     rec.status = 200
     rec.responded = True
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     sse = relay.SSEFilter(forward_usage=client_usage)
+    redact = gw.redact.bytes
     try:
         async for data in resp.chunks():
             out = sse.feed(data)
             if out and not rec.ended:
+                out = redact(out)  # whole events: a key cannot straddle two
                 if rec.ttft is None:
                     rec.ttft = time.perf_counter() - rec.started
                 # [DONE] ends the client's response in the same write (saves one
@@ -318,7 +322,7 @@ async def _relay_stream(
                 await send({"type": "http.response.body", "body": out, "more_body": not sse.done})
         tail = sse.close()
         if tail and not rec.ended:
-            await send({"type": "http.response.body", "body": tail, "more_body": True})
+            await send({"type": "http.response.body", "body": redact(tail), "more_body": True})
         if not sse.done:
             raise StreamBroken("the upstream stream ended without [DONE]")
     except StreamBroken as exc:

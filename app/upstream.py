@@ -12,7 +12,13 @@
 - `HttpxUpstream` serves where httpx's API is what we want: `check --probe`,
   and unit tests of the failover decisions with respx.
 
-Each client library's exceptions are translated here and nowhere else.
+Each client library's exceptions are translated here and nowhere else, and
+every client holds an answer to the same limits (README "Security"): at most
+`MAX_HEADERS` response headers of at most `MAX_FIELD` bytes each; a body read
+whole (`read()`) of at most `Timeouts.max_body` bytes that must be complete
+within `Timeouts.read` seconds of its headers (as well as no gap longer than
+that); redirects are never followed. A body past a limit is `StreamBroken`,
+a head past one `ConnectFailed`: both are the attempt's failure.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from typing import Protocol
 
 import aiohttp
 import httpx
+
+MAX_HEADERS = 128  # response headers (aiohttp's default; Azure sends about 20)
+MAX_FIELD = 8190  # bytes in one response header line (aiohttp's default)
+MAX_BODY = 64 * 1024 * 1024  # default cap of a body read whole (gateway.max_upstream_body_bytes)
 
 
 class UpstreamError(Exception):
@@ -60,19 +70,22 @@ class Upstream(Protocol):
 
 
 class Timeouts:
-    """Connect, and first byte / between bytes; built once per config."""
+    """Connect, and first byte / between bytes / a whole body's; and the size cap
+    of a body read whole. Built once per config."""
 
-    __slots__ = ("aiohttp", "connect", "httpx", "read")
+    __slots__ = ("aiohttp", "connect", "httpx", "max_body", "read")
 
-    def __init__(self, connect: float, read: float) -> None:
+    def __init__(self, connect: float, read: float, max_body: int = MAX_BODY) -> None:
         self.connect = connect
         self.read = read
+        self.max_body = max_body
         self.aiohttp = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
         self.httpx = httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
 
 
 class Outcome(enum.Enum):
     OK = "ok"
+    REDIRECT = "redirect"
     THROTTLED = "throttled"
     KEY_REJECTED = "key_rejected"
     NOT_FOUND = "not_found"
@@ -84,6 +97,8 @@ def classify(status: int) -> Outcome:
     """What a response status means for failover."""
     if status < 300:
         return Outcome.OK
+    if status < 400:
+        return Outcome.REDIRECT  # never followed nor relayed: an endpoint that moved
     if status == 429:
         return Outcome.THROTTLED
     if status in (401, 403):
@@ -98,11 +113,48 @@ def classify(status: int) -> Outcome:
 # --- aiohttp ---------------------------------------------------------------------
 
 
-class _AiohttpResponse:
-    __slots__ = ("_resp", "status")
+def too_large(declared: str | None, limit: int) -> StreamBroken | None:
+    """The error for a body whose `content-length` is over `limit`, if it is."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return StreamBroken(f"response body of {declared} bytes is over the {limit}-byte limit")
+    return None
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+
+def over_limit(limit: int) -> StreamBroken:
+    return StreamBroken(f"response body is over the {limit}-byte limit")
+
+
+def incomplete(seconds: float) -> StreamBroken:
+    return StreamBroken(f"response body not complete within {seconds:g}s of its headers")
+
+
+async def read_whole(pieces: AsyncIterator[bytes], declared: str | None, limits: Timeouts) -> bytes:
+    """A body read whole within `limits` (size, total time); the library's own
+    errors pass through for the caller to translate."""
+    limit = limits.max_body
+    error = too_large(declared, limit)
+    if error is not None:
+        raise error
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(limits.read):
+            async for piece in pieces:
+                size += len(piece)
+                if size > limit:
+                    raise over_limit(limit)
+                parts.append(piece)
+    except TimeoutError:
+        raise incomplete(limits.read) from None
+    return b"".join(parts)
+
+
+class _AiohttpResponse:
+    __slots__ = ("_resp", "_timeout", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, timeout: Timeouts) -> None:
         self._resp = resp
+        self._timeout = timeout
         self.status = resp.status
 
     @property
@@ -110,9 +162,12 @@ class _AiohttpResponse:
         return self._resp.headers
 
     async def read(self) -> bytes:
+        resp = self._resp
         try:
-            return await self._resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            return await read_whole(
+                resp.content.iter_any(), resp.headers.get("content-length"), self._timeout
+            )
+        except aiohttp.ClientError as exc:
             raise StreamBroken(_describe(exc)) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -140,6 +195,9 @@ class AiohttpUpstream:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
             headers={"user-agent": "aoai-gateway"},
+            max_headers=MAX_HEADERS,
+            max_field_size=MAX_FIELD,
+            max_line_size=MAX_FIELD,
         )
 
     async def post(
@@ -147,13 +205,13 @@ class AiohttpUpstream:
     ) -> Response:
         try:
             resp = await self._session.post(
-                url, data=body, headers=headers, timeout=timeout.aiohttp
+                url, data=body, headers=headers, timeout=timeout.aiohttp, allow_redirects=False
             )
         except TimeoutError:
             raise TimedOut(f"no response within {timeout.read:g}s") from None
         except aiohttp.ClientError as exc:
             raise ConnectFailed(_describe(exc)) from None
-        return _AiohttpResponse(resp)
+        return _AiohttpResponse(resp, timeout)
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -162,6 +220,8 @@ class AiohttpUpstream:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientResponseError):  # its text may quote upstream bytes
+        return f"invalid HTTP response ({type(exc).__name__})"
     return type(exc).__name__ + (f": {exc}" if str(exc) else "")
 
 
@@ -169,10 +229,11 @@ def _describe(exc: BaseException) -> str:
 
 
 class _HttpxResponse:
-    __slots__ = ("_resp", "status")
+    __slots__ = ("_resp", "_timeout", "status")
 
-    def __init__(self, resp: httpx.Response) -> None:
+    def __init__(self, resp: httpx.Response, timeout: Timeouts) -> None:
         self._resp = resp
+        self._timeout = timeout
         self.status = resp.status_code
 
     @property
@@ -180,8 +241,11 @@ class _HttpxResponse:
         return self._resp.headers
 
     async def read(self) -> bytes:
+        resp = self._resp
         try:
-            return await self._resp.aread()
+            return await read_whole(
+                resp.aiter_raw(), resp.headers.get("content-length"), self._timeout
+            )
         except httpx.TransportError as exc:
             raise StreamBroken(_describe(exc)) from None
 
@@ -212,7 +276,7 @@ class HttpxUpstream:
             raise TimedOut(f"no response within {timeout.read:g}s") from None
         except httpx.TransportError as exc:
             raise ConnectFailed(_describe(exc)) from None
-        return _HttpxResponse(resp)
+        return _HttpxResponse(resp, timeout)
 
     async def aclose(self) -> None:
         await self._client.aclose()

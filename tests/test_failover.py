@@ -262,6 +262,35 @@ async def test_whole_body_cut_short_fails_over_before_the_client_sees_anything(
     assert trace.failures[0] == (table()["gpt-4o"][0], "stream_error")
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.anyio
+async def test_redirect_is_a_failed_attempt_never_followed_nor_relayed(
+    mock: respx.MockRouter, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    elsewhere = mock.post("https://elsewhere.example.com/x").respond(200, json=OK_BODY)
+    mock.post(EAST).respond(status, headers={"location": "https://elsewhere.example.com/x"})
+    west = mock.post(WEST).respond(200, json=OK_BODY)
+    state = MemoryState()
+    with caplog.at_level(logging.WARNING, logger="aoai_gateway"):
+        (code, _), trace = await run(table()["gpt-4o"], state, buffer=True)
+    assert (code, west.call_count, elsewhere.call_count) == (200, 1, 0)
+    assert state.cooling_until("east/gpt-4o") > time.time()
+    assert trace.failures[0][1] == f"HTTP {status}"
+    assert f"answered HTTP {status} (a redirect" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_whole_body_over_the_limit_fails_over(mock: respx.MockRouter) -> None:
+    mock.post(EAST).respond(200, content=b"x" * 2000)
+    west = mock.post(WEST).respond(200, json=OK_BODY)
+    state = MemoryState()
+    small = policy(timeouts=Timeouts(connect=1.0, read=1.0, max_body=1000))
+    (code, _), trace = await run(table()["gpt-4o"], state, small, buffer=True)
+    assert (code, west.call_count) == (200, 1)
+    assert trace.failures[0][1] == "stream_error"
+    assert state.cooling_until("east/gpt-4o") > time.time()
+
+
 # --- 404 ------------------------------------------------------------------------------
 
 

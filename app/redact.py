@@ -1,0 +1,40 @@
+"""Configured Azure key values never pass from an upstream answer onwards.
+
+An upstream may quote the request back - a 4xx body, or a header, echoing the
+`api-key` it was sent (issue 10). Every byte of an answer the gateway relays to
+a caller (headers it passes, a whole body, each batch of stream events) goes
+through `Redactor.bytes`, which replaces any configured key value with
+`[redacted]`; log lines and error messages quoting an upstream use `text`.
+
+A key shorter than `MIN_LENGTH` is not searched for: it would turn up in
+ordinary text. Azure's keys are 32 or 84 characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+MIN_LENGTH = 8
+MARK = "[redacted]"
+
+
+class Redactor:
+    __slots__ = ("_keys", "_texts")
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # longest first: a key that contains another is replaced whole
+        texts = sorted({s for s in secrets if len(s) >= MIN_LENGTH}, key=len, reverse=True)
+        self._texts = tuple(texts)
+        self._keys = tuple(t.encode("utf-8") for t in texts)
+
+    def bytes(self, data: bytes) -> bytes:
+        for key in self._keys:
+            if key in data:
+                data = data.replace(key, b"[redacted]")
+        return data
+
+    def text(self, data: str) -> str:
+        for key in self._texts:
+            if key in data:
+                data = data.replace(key, MARK)
+        return data
