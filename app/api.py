@@ -24,6 +24,7 @@ from app.errors import (
 )
 from app.gateway import Gateway
 from app.metrics import CONTENT_TYPE
+from app.report import summary
 from app.routing import allowed_models
 from app.status import admin_caller, collect, render
 from app.usage import StoreUnavailable
@@ -123,13 +124,18 @@ def build_api(current: Callable[[], Gateway], loaded_at: Callable[[], int]) -> F
             except ValueError:
                 raise BadRequest(f"since: '{since}' is not a date", param="since") from None
         try:
-            report = await gw.services.usage.report(since)
+            rows = await gw.services.usage.rows(since)
         except StoreUnavailable as exc:
             err = GatewayError(f"The usage store is unavailable ({exc}).", code="usage_unavailable")
             err.status = 503
             raise err from None
         return JSONResponse(
-            {"keys": report, "since": since, "as_of": dt.datetime.now(dt.UTC).isoformat()}
+            {
+                **summary(rows),
+                "since": since,
+                "as_of": dt.datetime.now(dt.UTC).isoformat(),
+                "prices_as_of": gw.prices.table.as_of,
+            }
         )
 
     return api

@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.config import GatewayKey
+from app.config import Budget, GatewayKey
 from app.errors import Unauthorized
 
 
@@ -26,6 +26,7 @@ class Caller:
     rpm: int | None = None
     tpm: int | None = None
     admin: bool = False
+    budget: Budget | None = None
 
     def allows(self, model: str) -> bool:
         if self.models is None:
@@ -50,7 +51,17 @@ class KeyTable:
                 assert k.key_sha256 is not None
                 d = bytes.fromhex(k.key_sha256)
             self._entries.append(
-                (d, Caller(name=k.name, models=k.models, rpm=k.rpm, tpm=k.tpm, admin=k.admin))
+                (
+                    d,
+                    Caller(
+                        name=k.name,
+                        models=k.models,
+                        rpm=k.rpm,
+                        tpm=k.tpm,
+                        admin=k.admin,
+                        budget=k.budget,
+                    ),
+                )
             )
 
     @property

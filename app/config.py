@@ -57,6 +57,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Budget(_Model):
+    usd: float = Field(gt=0)
+    period: Literal["day", "week", "month"] = "month"  # UTC calendar periods
+
+
 class GatewayKey(_Model):
     name: str = Field(min_length=1)
     key: SecretStr | None = None
@@ -65,6 +70,7 @@ class GatewayKey(_Model):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     admin: bool = False
+    budget: Budget | None = None
 
 
 class GatewaySettings(_Model):
@@ -157,12 +163,21 @@ class State(_Model):
     path: str | None = None
 
 
+class PriceEntry(_Model):
+    """USD per 1M tokens (see app.pricing)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+
+
 class Config(_Model):
     gateway: GatewaySettings = GatewaySettings()
     resources: dict[str, Resource] = Field(default_factory=dict)
     models: dict[str, tuple[DeploymentEntry, ...]] = Field(default_factory=dict)
     routing: Routing = Routing()
     state: State = State()
+    pricing: dict[str, PriceEntry] = Field(default_factory=dict)  # model or resource/deployment
 
 
 # --- loading -----------------------------------------------------------------
@@ -366,6 +381,10 @@ def check_references(config: Config) -> list[str]:
         for i, dep in enumerate(entries):
             if dep.resource not in config.resources:
                 errors.append(f"models.{model}[{i}].resource: unknown resource '{dep.resource}'")
+    for name in config.pricing:
+        resource, sep, _ = name.partition("/")
+        if sep and resource not in config.resources:
+            errors.append(f"pricing.{name}: unknown resource '{resource}'")
     return errors
 
 

@@ -8,6 +8,7 @@
     ├── MethodNotAllowed      405
     ├── PayloadTooLarge       413      body over gateway.max_body_bytes
     ├── RateLimited           429      the caller's rpm/tpm, or every deployment throttled
+    │   └── BudgetExceeded    429      the key's budget is used up (code insufficient_quota)
     ├── UpstreamKeysRejected  502      every key of every candidate rejected (names resources)
     ├── UpstreamFailed        502      every candidate failed (5xx, connection, 404)
     └── UpstreamTimeout       504      every candidate timed out before its first byte
@@ -98,6 +99,21 @@ class RateLimited(GatewayError):
         seconds = max(1, math.ceil(self.retry_after))
         ms = max(1, math.ceil(self.retry_after * 1000))
         return [(b"retry-after", str(seconds).encode()), (b"retry-after-ms", str(ms).encode())]
+
+
+class BudgetExceeded(RateLimited):
+    """OpenAI's "out of quota" shape; `retry-after` says when the period resets.
+
+    `x-should-retry: false` tells the openai SDKs not to retry: waiting seconds won't help.
+    """
+
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, retry_after, type_="insufficient_quota")
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [*super().headers(), (b"x-should-retry", b"false")]
 
 
 class UpstreamKeysRejected(GatewayError):

@@ -16,10 +16,12 @@ from typing import Any
 
 from app.accesslog import AccessLog
 from app.auth import KeyTable
+from app.budget import Budgets
 from app.config import Config
 from app.disconnect import Watches
 from app.failover import Policy
 from app.metrics import Metrics
+from app.pricing import Price, Prices
 from app.recent import Recent
 from app.redact import Redactor
 from app.routing import Target, build_table
@@ -36,6 +38,7 @@ class Services:
     state: State
     metrics: Metrics
     usage: Usage
+    budgets: Budgets
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     recent: Recent = field(default_factory=Recent)  # the status page's window
     access_log: AccessLog | None = None
@@ -53,6 +56,10 @@ class Gateway:
         self.config = config
         self.services = services
         self.keys = KeyTable(config.gateway.keys)
+        self.prices = Prices(
+            {n: Price(p.input, p.output, p.cached_input) for n, p in config.pricing.items()}
+        )
+        services.budgets.configure({k.name: k.budget for k in config.gateway.keys if k.budget})
         self.table: dict[str, tuple[Target, ...]] = build_table(config)
         r = config.routing
         self.policy = Policy(

@@ -5,6 +5,10 @@ Names are a contract (dashboards depend on them):
     aoai_gateway_requests_total{model,key,status}
     aoai_gateway_upstream_requests_total{resource,deployment,status}
     aoai_gateway_tokens_total{key,model,type}
+    aoai_gateway_cost_usd_total{key,model}
+    aoai_gateway_unpriced_requests_total{key,model}
+    aoai_gateway_budget_used_ratio{key}
+    aoai_gateway_budget_alerts_total{key,threshold}
     aoai_gateway_request_duration_seconds{model}
     aoai_gateway_time_to_first_token_seconds{model}
     aoai_gateway_failovers_total{reason}
@@ -76,6 +80,31 @@ class Metrics:
         )
         self.tokens = Counter(
             "aoai_gateway_tokens", "Tokens reported by Azure", ["key", "model", "type"], registry=r
+        )
+        self.cost = Counter(
+            "aoai_gateway_cost_usd",
+            "Cost of the answers in USD, from the price table (app.pricing)",
+            ["key", "model"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            "aoai_gateway_unpriced_requests",
+            "Answers with usage but no price for their model",
+            ["key", "model"],
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            "aoai_gateway_budget_used_ratio",
+            "Spend in the current budget period / the key's budget (1 = exhausted)",
+            ["key"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.budget_alerts = Counter(
+            "aoai_gateway_budget_alerts",
+            "A key's spend crossed 80% or 100% of its budget (once per period and process)",
+            ["key", "threshold"],
+            registry=r,
         )
         self.duration = Histogram(
             "aoai_gateway_request_duration_seconds",
@@ -154,6 +183,28 @@ class Metrics:
                         key, model, kind.removesuffix("_tokens")
                     )
                 child.inc(n)
+
+    def add_cost(self, key: str, model: str, nano: int | None) -> None:
+        """One answer's cost in nano-dollars; None counts an unpriced answer."""
+        if nano is None:
+            child = self._children.get(("x", key, model))
+            if child is None:
+                child = self._children[("x", key, model)] = self.unpriced.labels(key, model)
+            child.inc()
+        elif nano:
+            child = self._children.get(("c", key, model))
+            if child is None:
+                child = self._children[("c", key, model)] = self.cost.labels(key, model)
+            child.inc(nano / 1e9)
+
+    def budget(self, key: str, ratio: float) -> None:
+        child = self._children.get(("b", key))
+        if child is None:
+            child = self._children[("b", key)] = self.budget_used.labels(key)
+        child.set(ratio)
+
+    def budget_alert(self, key: str, threshold: int) -> None:
+        self.budget_alerts.labels(key, str(threshold)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self._exposition)

@@ -40,6 +40,7 @@ from app.errors import (
 )
 from app.failover import Trace, connect, cool_down
 from app.gateway import Gateway
+from app.pricing import NANO
 from app.routing import Target, order
 from app.upstream import Response, StreamBroken
 
@@ -74,6 +75,7 @@ class Record:
     stream: bool = False
     ttft: float | None = None
     tokens: dict[str, int] = field(default_factory=dict)
+    answer_model: str | None = None  # the `model` field of Azure's answer
     trace: Trace = field(default_factory=Trace)
     error: str | None = None
 
@@ -214,6 +216,10 @@ async def _serve(
     rec.model = model
     services = gw.services
     now = time.time()
+    if caller.budget is not None:
+        refused = services.budgets.check(caller.name, caller.budget, now)
+        if refused is not None:
+            raise refused
     if caller.rpm is not None or caller.tpm is not None:
         wait = await services.state.admit(caller.name, caller.rpm, caller.tpm, now)
         if wait is not None:
@@ -287,7 +293,7 @@ async def _relay_body(
     rec.status = resp.status
     rec.ttft = time.perf_counter() - rec.started
     if resp.status == 200:
-        usage = relay.usage_of(body)
+        usage, rec.answer_model = relay.usage_of(body)
         if usage is not None:
             rec.tokens = relay.token_counts(usage)
     headers = _response_headers(gw, resp, rec)
@@ -336,6 +342,7 @@ async def _relay_stream(
     finally:
         if sse.usage is not None:
             rec.tokens = relay.token_counts(sse.usage)
+            rec.answer_model = sse.model
     if not rec.ended:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -370,14 +377,20 @@ def _finish(gw: Gateway, rec: Record) -> None:
     model = rec.model
     services.metrics.request(model, rec.key, rec.status, duration, rec.ttft)
     services.recent.add(rec, duration)
+    target = rec.trace.target
+    cost = None
     if rec.tokens:
-        services.usage.record(rec.key, model, rec.tokens)
+        cost = gw.prices.cost(target.id if target else None, rec.answer_model, model, rec.tokens)
+        services.usage.record(rec.key, model, rec.tokens, cost)
         services.metrics.add_tokens(rec.key, model, rec.tokens)
+        services.metrics.add_cost(rec.key, model, cost)
+        now = time.time()
+        if cost:
+            services.budgets.add(rec.key, cost, now)
         total = rec.tokens.get("prompt_tokens", 0) + rec.tokens.get("completion_tokens", 0)
         if total and rec.count_tokens:
-            services.spawn(services.state.add_tokens(rec.key, total, time.time()))
+            services.spawn(services.state.add_tokens(rec.key, total, now))
     if services.access_log is not None:
-        target = rec.trace.target
         services.access_log.write(
             {
                 "request_id": rec.request_id,
@@ -391,6 +404,8 @@ def _finish(gw: Gateway, rec: Record) -> None:
                 "ttft_ms": round(rec.ttft * 1000, 2) if rec.ttft is not None else None,
                 "duration_ms": round(duration * 1000, 2),
                 "tokens": rec.tokens or None,
+                "cost_usd": cost / NANO if cost is not None else None,
+                "unpriced": bool(rec.tokens) and cost is None,
                 "error": rec.error,
             }
         )

@@ -34,12 +34,23 @@ class SSEFilter:
     once, when the event completes (issue 10: one 50 MB line re-joined and
     re-scanned on every read cost seconds of CPU)."""
 
-    __slots__ = ("_cr", "_held", "_parts", "deltas", "done", "forward_usage", "max_event", "usage")
+    __slots__ = (
+        "_cr",
+        "_held",
+        "_parts",
+        "deltas",
+        "done",
+        "forward_usage",
+        "max_event",
+        "model",
+        "usage",
+    )
 
     def __init__(self, forward_usage: bool, max_event: int = MAX_EVENT) -> None:
         self.forward_usage = forward_usage
         self.max_event = max_event
         self.usage: dict[str, Any] | None = None
+        self.model: str | None = None  # the model Azure says answered (from the usage chunk)
         self.done = False
         self.deltas = 0  # content chunks forwarded: about one token each
         self._parts: list[bytes] = []  # an incomplete event, as it arrived
@@ -131,6 +142,9 @@ class SSEFilter:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
+            model = chunk.get("model")
+            if isinstance(model, str) and model:
+                self.model = model
             return self.forward_usage
         if "error" in chunk:
             return True
@@ -148,14 +162,20 @@ def error_event(message: str, code: str = "upstream_stream_error") -> bytes:
     return b"data: " + orjson.dumps(body) + _SEP
 
 
-def usage_of(body: bytes) -> dict[str, Any] | None:
-    """The `usage` object of a non-streamed completion, if any."""
+def usage_of(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """The `usage` object of a non-streamed answer, if any, and the `model` that answered."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    usage = parsed.get("usage") if isinstance(parsed, dict) else None
-    return usage if isinstance(usage, dict) else None
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    usage = parsed.get("usage")
+    model = parsed.get("model")
+    return (
+        usage if isinstance(usage, dict) else None,
+        model if isinstance(model, str) and model else None,
+    )
 
 
 def token_counts(usage: dict[str, Any]) -> dict[str, int]:

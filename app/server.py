@@ -26,6 +26,7 @@ from typing import Any
 
 from app.accesslog import AccessLog
 from app.api import build_api
+from app.budget import Budgets
 from app.config import Config, ConfigError, config_from_env, load, resolve_path
 from app.cors import CORS
 from app.errors import MethodNotAllowed
@@ -155,12 +156,14 @@ class Server:
         metrics = Metrics(cooling=self._cooling_source)
         state = self._make_state(config, metrics)
         usage = Usage(self._make_store(config))
-        self.services = Services(make_upstream(os.environ), state, metrics, usage)
+        budgets = Budgets(usage, metrics)
+        self.services = Services(make_upstream(os.environ), state, metrics, usage, budgets)
         if self.access_log:
             self.services.access_log = AccessLog()
         await state.start()
         await usage.start()
         self.gateway = Gateway(config, self.services)
+        await budgets.start()  # after the gateway: it says which keys have budgets
         self.loaded_at = int(time.time())
         loop = asyncio.get_running_loop()
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
@@ -177,6 +180,7 @@ class Server:
             s = self.services
             if s.tasks:
                 await asyncio.gather(*s.tasks, return_exceptions=True)
+            await s.budgets.close()
             await s.usage.close()
             await s.state.close()
             s.watches.close()

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from app.auth import Caller, basic_password, bearer_token
+from app.budget import limit_nano, period_bounds
+from app.budget import stamp as reset_stamp
 from app.errors import Forbidden, Unauthorized
 from app.gateway import Gateway
 from app.recent import HEALTH_WINDOW, MINUTES, Health, per_minute, summarize
-from app.usage import FIELDS, today
+from app.report import cost_usd
+from app.usage import FIELDS, UNPRICED, today
 
 log = logging.getLogger("aoai_gateway")
 
@@ -50,6 +53,16 @@ class DeploymentView:
 
 
 @dataclass
+class BudgetView:
+    key: str
+    budget: str  # "50.00 USD per month (UTC)"
+    spent_usd: float
+    used: float  # spent / budget
+    since: str
+    resets: str
+
+
+@dataclass
 class View:
     now: float
     loaded_at: float
@@ -60,6 +73,8 @@ class View:
     rpm: list[tuple[int, int, int]]
     in_window: int = 0
     notes: list[str] = field(default_factory=list)
+    budgets: list[BudgetView] = field(default_factory=list)
+    prices_as_of: str = ""
 
 
 async def collect(gw: Gateway, loaded_at: float, now: float | None = None) -> View:
@@ -106,7 +121,30 @@ async def collect(gw: Gateway, loaded_at: float, now: float | None = None) -> Vi
         usage_day=day,
         rpm=per_minute(services.recent.minutes, now),
         in_window=sum(1 for event in events if event[0] >= now - HEALTH_WINDOW),
+        budgets=budget_views(gw, now),
+        prices_as_of=gw.prices.table.as_of,
     )
+
+
+def budget_views(gw: Gateway, now: float) -> list[BudgetView]:
+    out = []
+    for key in gw.config.gateway.keys:
+        found = gw.services.budgets.spent(key.name, now)
+        if key.budget is None or found is None:
+            continue
+        budget, spent = found
+        since, reset = period_bounds(budget.period, now)
+        out.append(
+            BudgetView(
+                key=key.name,
+                budget=f"{budget.usd:,.2f} USD per {budget.period} (UTC)",
+                spent_usd=spent / 1e9,
+                used=spent / max(limit_nano(budget), 1),
+                since=since,
+                resets=reset_stamp(reset),
+            )
+        )
+    return out
 
 
 # --- rendering -------------------------------------------------------------------
@@ -211,14 +249,43 @@ def usage_table(view: View) -> str:
     if not view.usage:
         return f'<p class="muted">No usage recorded on {e(view.usage_day)} yet.</p>'
     head = "".join(f'<th class="num">{e(f.replace("_", " "))}</th>' for f in FIELDS)
+    head += '<th class="num">cost (USD)</th>'
     rows = []
     for key in sorted(view.usage):
         for model in sorted(view.usage[key]):
             counts = view.usage[key][model]
             cells = "".join(f'<td class="num">{counts.get(f, 0):,}</td>' for f in FIELDS)
+            cells += f'<td class="num">{e(cost_cell(counts))}</td>'
             rows.append(f"<tr><td>{e(key)}</td><td>{e(model)}</td>{cells}</tr>")
     return (
         f"<table><thead><tr><th>Key</th><th>Model</th>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def cost_cell(counts: dict[str, int]) -> str:
+    dollars = cost_usd(counts)
+    if dollars is None:
+        return "unpriced"
+    unpriced = counts.get(UNPRICED, 0)
+    return f"{dollars:.6f}" + (f" + {unpriced} unpriced" if unpriced else "")
+
+
+def budgets_table(view: View) -> str:
+    if not view.budgets:
+        return '<p class="muted">No gateway key has a budget.</p>'
+    rows = []
+    for b in view.budgets:
+        kind = "bad" if b.used >= 1 else "warn" if b.used >= 0.8 else "ok"
+        state = "refusing requests" if b.used >= 1 else f"{b.used:.0%} used"
+        rows.append(
+            f"<tr><td>{e(b.key)}</td><td>{e(b.budget)}</td>"
+            f'<td class="num">{b.spent_usd:,.4f}</td><td>{badge(kind, state)}</td>'
+            f"<td>{e(b.since)}</td><td>{e(b.resets)}</td></tr>"
+        )
+    return (
+        '<table><thead><tr><th>Key</th><th>Budget</th><th class="num">Spent (USD)</th>'
+        "<th>State</th><th>Period from</th><th>Resets</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
@@ -292,6 +359,8 @@ def render(view: View) -> str:
         models=models_table(view),
         usage_day=e(view.usage_day),
         usage=usage_table(view),
+        budgets=budgets_table(view),
+        prices_as_of=e(view.prices_as_of),
     )
 
 

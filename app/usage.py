@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("aoai_gateway")
 
 FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+# What a row also stores: cost in nano-dollars (app.pricing), and the requests no price applied to.
+COST = "cost_nusd"
+UNPRICED = "unpriced_requests"
+COLUMNS = (*FIELDS, COST, UNPRICED)
 
 Row = tuple[str, str, str]  # day, key name, model
 Tally = dict[Row, dict[str, int]]
@@ -58,6 +62,10 @@ class StoreUnavailable(Exception):
 class Store(Protocol):
     async def add(self, tally: Tally) -> None: ...
     async def read(self, since: str | None) -> Tally: ...
+    async def spend(self, since: str) -> dict[tuple[str, str], int]:
+        """Nano-dollars per (day, key) from `since` on: what budgets are checked against."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -70,35 +78,47 @@ class SQLiteStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        cols = ", ".join(f"{f} INTEGER NOT NULL DEFAULT 0" for f in FIELDS)
+        cols = ", ".join(f"{f} INTEGER NOT NULL DEFAULT 0" for f in COLUMNS)
         self._db.execute(
             f"CREATE TABLE IF NOT EXISTS usage (day TEXT, key TEXT, model TEXT, {cols}, "
             "PRIMARY KEY (day, key, model))"
         )
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(usage)")}
+        for column in COLUMNS:  # a file written before a column existed
+            if column not in have:
+                self._db.execute(f"ALTER TABLE usage ADD {column} INTEGER NOT NULL DEFAULT 0")
         self._lock = asyncio.Lock()
 
     def _add(self, tally: Tally) -> None:
-        names = ", ".join(FIELDS)
-        marks = ", ".join("?" for _ in FIELDS)
-        updates = ", ".join(f"{f} = {f} + excluded.{f}" for f in FIELDS)
+        names = ", ".join(COLUMNS)
+        marks = ", ".join("?" for _ in COLUMNS)
+        updates = ", ".join(f"{f} = {f} + excluded.{f}" for f in COLUMNS)
         sql = (
             f"INSERT INTO usage (day, key, model, {names}) VALUES (?, ?, ?, {marks}) "
             f"ON CONFLICT (day, key, model) DO UPDATE SET {updates}"
         )
-        rows = [(*row, *(counts.get(f, 0) for f in FIELDS)) for row, counts in tally.items()]
+        rows = [(*row, *(counts.get(f, 0) for f in COLUMNS)) for row, counts in tally.items()]
         with self._db:
             self._db.executemany(sql, rows)
 
     def _read(self, since: str | None) -> Tally:
-        sql = f"SELECT day, key, model, {', '.join(FIELDS)} FROM usage"
+        sql = f"SELECT day, key, model, {', '.join(COLUMNS)} FROM usage"
         args: tuple[str, ...] = ()
         if since:
             sql += " WHERE day >= ?"
             args = (since,)
         return {
-            (r[0], r[1], r[2]): dict(zip(FIELDS, r[3:], strict=True))
+            (r[0], r[1], r[2]): dict(zip(COLUMNS, r[3:], strict=True))
             for r in self._db.execute(sql, args)
         }
+
+    def _spend(self, since: str) -> dict[tuple[str, str], int]:
+        sql = f"SELECT day, key, SUM({COST}) FROM usage WHERE day >= ? GROUP BY day, key"
+        return {(r[0], r[1]): int(r[2]) for r in self._db.execute(sql, (since,))}
+
+    async def spend(self, since: str) -> dict[tuple[str, str], int]:
+        async with self._lock:
+            return await asyncio.to_thread(self._spend, since)
 
     async def add(self, tally: Tally) -> None:
         async with self._lock:
@@ -118,6 +138,7 @@ class RedisStore:
 
         {prefix}usage:days        set   the days that have usage
         {prefix}usage:{day}       hash  ["alice","gpt-4o","prompt_tokens"] -> n
+        {prefix}spend:{day}       hash  "alice" -> nano-dollars (what budgets read)
 
     A flush is one MULTI/EXEC of HINCRBYs, so it lands whole or not at all
     (and is then retried whole). Durability across a Redis restart is Redis's
@@ -131,6 +152,7 @@ class RedisStore:
         self.where = describe(self.redis)
         self._days = prefix + "usage:days"
         self._day = prefix + "usage:"
+        self._spend = prefix + "spend:"
 
     async def add(self, tally: Tally) -> None:
         pipe = self.redis.pipeline(transaction=True)
@@ -139,6 +161,8 @@ class RedisStore:
             for name, n in counts.items():
                 if n:
                     pipe.hincrby(self._day + day, orjson.dumps([key, model, name]).decode(), n)
+            if counts.get(COST):
+                pipe.hincrby(self._spend + day, key, counts[COST])
         try:
             await pipe.execute()
         except Exception as exc:
@@ -147,20 +171,34 @@ class RedisStore:
     async def read(self, since: str | None) -> Tally:
         try:
             members = await self.redis.smembers(self._days)
-            days = sorted(d.decode() if isinstance(d, bytes) else d for d in members)
-            days = [d for d in days if not since or d >= since]
-            pipe = self.redis.pipeline(transaction=False)
-            for day in days:
-                pipe.hgetall(self._day + day)
-            hashes = await pipe.execute()
         except Exception as exc:
             raise StoreUnavailable(f"redis at {self.where}: {exc}") from None
+        days = sorted(d.decode() if isinstance(d, bytes) else d for d in members)
+        days = [d for d in days if not since or d >= since]
         out: Tally = {}
-        for day, fields in zip(days, hashes, strict=True):
+        for day, fields in zip(days, await self._hashes(self._day, days), strict=True):
             for field, n in fields.items():
                 key, model, name = orjson.loads(field)
                 out.setdefault((day, key, model), {})[name] = int(n)
         return out
+
+    async def spend(self, since: str) -> dict[tuple[str, str], int]:
+        days = days_from(since, today())
+        out: dict[tuple[str, str], int] = {}
+        for day, fields in zip(days, await self._hashes(self._spend, days), strict=True):
+            for key, n in fields.items():
+                out[(day, key.decode() if isinstance(key, bytes) else key)] = int(n)
+        return out
+
+    async def _hashes(self, prefix: str, days: list[str]) -> list[dict[Any, Any]]:
+        """HGETALL of one hash per day, in one round trip."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for day in days:
+                pipe.hgetall(prefix + day)
+            return list(await pipe.execute())
+        except Exception as exc:
+            raise StoreUnavailable(f"redis at {self.where}: {exc}") from None
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -175,11 +213,16 @@ class Usage:
         self._failing = False
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, key: str, model: str, counts: dict[str, int]) -> None:
+    def record(self, key: str, model: str, counts: dict[str, int], cost: int | None) -> None:
+        """One answer's token counts and its cost in nano-dollars (None: unpriced)."""
         tally = self._pending[(today(), key, model)]
         tally["requests"] = tally.get("requests", 0) + 1
         for name, n in counts.items():
             tally[name] = tally.get(name, 0) + n
+        if cost is None:
+            tally[UNPRICED] = tally.get(UNPRICED, 0) + 1
+        else:
+            tally[COST] = tally.get(COST, 0) + cost
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -209,17 +252,31 @@ class Usage:
             self._failing = False
         return True
 
-    async def report(self, since: str | None = None) -> Report:
-        """Per key and model; raises `StoreUnavailable` if the store cannot be read."""
+    async def rows(self, since: str | None = None) -> Tally:
+        """Per day, key and model, with what this process has not written yet;
+        raises `StoreUnavailable` if the store cannot be read."""
         stored = await self.store.read(since)
-        out: Report = {}
+        out: Tally = {}
         for source in (stored, self._flushing, self._pending):
-            for (day, key, model), counts in source.items():
-                if since and day < since:
+            for row, counts in source.items():
+                if since and row[0] < since:
                     continue
-                agg = out.setdefault(key, {}).setdefault(model, dict.fromkeys(FIELDS, 0))
+                agg = out.setdefault(row, dict.fromkeys(COLUMNS, 0))
                 for name, n in counts.items():
                     agg[name] = agg.get(name, 0) + n
+        return out
+
+    async def report(self, since: str | None = None) -> Report:
+        """Per key and model (over the days from `since` on)."""
+        return by_key_model(await self.rows(since))
+
+    async def spend(self, since: str) -> dict[tuple[str, str], int]:
+        """Nano-dollars per (day, key) from `since` on, unwritten counts included."""
+        out = await self.store.spend(since)
+        for source in (self._flushing, self._pending):
+            for (day, key, _), counts in source.items():
+                if day >= since and counts.get(COST):
+                    out[(day, key)] = out.get((day, key), 0) + counts[COST]
         return out
 
     async def close(self) -> None:
@@ -231,6 +288,21 @@ class Usage:
             rows = len(self._pending)
             log.error("usage: %d rows could not be written at shutdown and are lost", rows)
         await self.store.close()
+
+
+def by_key_model(rows: Tally) -> Report:
+    out: Report = {}
+    for (_, key, model), counts in rows.items():
+        agg = out.setdefault(key, {}).setdefault(model, dict.fromkeys(COLUMNS, 0))
+        for name, n in counts.items():
+            agg[name] = agg.get(name, 0) + n
+    return out
+
+
+def days_from(since: str, until: str) -> list[str]:
+    """Every UTC day from `since` to `until`, both included, as YYYY-MM-DD."""
+    first, last = dt.date.fromisoformat(since), dt.date.fromisoformat(until)
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
 def _merge(into: Tally, tally: Tally) -> None:

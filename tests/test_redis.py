@@ -196,23 +196,30 @@ async def test_a_hung_redis_costs_one_short_timeout(own_redis: RedisServer) -> N
 @pytest.mark.anyio
 async def test_usage_in_redis_is_shared_and_filtered_by_day(redis_url: str) -> None:
     one, two = Usage(RedisStore(redis_url)), Usage(RedisStore(redis_url))
-    one.record("alice", "gpt-4o", {"prompt_tokens": 10, "completion_tokens": 5})
-    two.record("alice", "gpt-4o", {"prompt_tokens": 1, "completion_tokens": 2, "cached_tokens": 1})
-    two.record("bob", "o3-mini", {"prompt_tokens": 3, "reasoning_tokens": 16})
+    one.record("alice", "gpt-4o", {"prompt_tokens": 10, "completion_tokens": 5}, 75_000)
+    two.record(
+        "alice", "gpt-4o", {"prompt_tokens": 1, "completion_tokens": 2, "cached_tokens": 1}, 1
+    )
+    two.record("bob", "o3-mini", {"prompt_tokens": 3, "reasoning_tokens": 16}, None)
     assert await one.flush() and await two.flush()
     # an older day, written straight into the store
     await one.store.add({("2020-01-01", "alice", "gpt-4o"): {"requests": 7}})
     third = Usage(RedisStore(redis_url))  # a replica that served nothing itself
     report = await third.report(today())
-    await third.close()
     assert report["alice"]["gpt-4o"] == {
         "requests": 2,
         "prompt_tokens": 11,
         "completion_tokens": 7,
         "cached_tokens": 1,
         "reasoning_tokens": 0,
+        "cost_nusd": 75_001,
+        "unpriced_requests": 0,
     }
     assert report["bob"]["o3-mini"]["reasoning_tokens"] == 16
+    assert report["bob"]["o3-mini"]["unpriced_requests"] == 1
+    # what budgets read: nano-dollars per day and key
+    assert await third.spend(today()) == {(today(), "alice"): 75_001}
+    await third.close()
     everything = await one.report()
     assert everything["alice"]["gpt-4o"]["requests"] == 9
     await one.close()
@@ -223,9 +230,9 @@ async def test_usage_in_redis_is_shared_and_filtered_by_day(redis_url: str) -> N
 async def test_usage_flush_to_a_dead_redis_keeps_the_counts(own_redis: RedisServer) -> None:
     usage = Usage(RedisStore(own_redis.url, timeout=0.5))
     own_redis.stop()
-    usage.record("alice", "gpt-4o", {"prompt_tokens": 4})
+    usage.record("alice", "gpt-4o", {"prompt_tokens": 4}, 10)
     assert not await usage.flush()
-    usage.record("alice", "gpt-4o", {"prompt_tokens": 6})
+    usage.record("alice", "gpt-4o", {"prompt_tokens": 6}, 15)
     own_redis.start()
     assert await usage.flush()
     report = await usage.report()

@@ -97,6 +97,7 @@ def test_normal_chunks_are_byte_identical() -> None:
 
 def test_usage_chunk_is_captured_and_forwarded_only_when_asked() -> None:
     out, sse = feed_all([STREAM], forward_usage=False)
+    assert sse.model == "gpt-4o"  # the model that answered, for pricing
     assert out == EXPECTED
     assert sse.usage == USAGE_OBJ
     out, sse = feed_all([STREAM], forward_usage=True)
@@ -208,14 +209,14 @@ def test_error_event_shape() -> None:
 
 
 def test_usage_of() -> None:
-    body = orjson.dumps({"id": "c", "choices": [], "usage": USAGE_OBJ})
-    assert usage_of(body) == USAGE_OBJ
-    assert usage_of(b'{"id": "c"}') is None
-    assert usage_of(b'{"usage": null}') is None
-    assert usage_of(b'{"usage": 5}') is None
-    assert usage_of(b"[1, 2]") is None
-    assert usage_of(b"not json") is None
-    assert usage_of(b"") is None
+    body = orjson.dumps({"id": "c", "model": "gpt-4o-2024-11-20", "usage": USAGE_OBJ})
+    assert usage_of(body) == (USAGE_OBJ, "gpt-4o-2024-11-20")
+    assert usage_of(b'{"id": "c"}') == (None, None)
+    assert usage_of(b'{"usage": null, "model": ""}') == (None, None)
+    assert usage_of(b'{"usage": 5, "model": 3}') == (None, None)
+    assert usage_of(b"[1, 2]") == (None, None)
+    assert usage_of(b"not json") == (None, None)
+    assert usage_of(b"") == (None, None)
 
 
 def test_token_counts() -> None:

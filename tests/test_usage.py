@@ -52,8 +52,8 @@ class FlakyStore:
 async def test_sqlite_usage_survives_reopening_and_filters_by_day(tmp_path: Path) -> None:
     path = str(tmp_path / "usage.db")
     usage = Usage(SQLiteStore(path))
-    usage.record("alice", "gpt-4o", {"prompt_tokens": 10, "completion_tokens": 3})
-    usage.record("alice", "gpt-4o", {"prompt_tokens": 1, "cached_tokens": 1})
+    usage.record("alice", "gpt-4o", {"prompt_tokens": 10, "completion_tokens": 3}, 55_000)
+    usage.record("alice", "gpt-4o", {"prompt_tokens": 1, "cached_tokens": 1}, None)
     # not flushed yet, but reported
     assert (await usage.report())["alice"]["gpt-4o"]["requests"] == 2
     await usage.close()  # flushes
@@ -67,10 +67,12 @@ async def test_sqlite_usage_survives_reopening_and_filters_by_day(tmp_path: Path
         "completion_tokens": 3,
         "cached_tokens": 1,
         "reasoning_tokens": 0,
+        "cost_nusd": 55_000,
+        "unpriced_requests": 1,
     }
     assert set(report) == {"alice", "bob"}
     assert set(await again.report(today())) == {"alice"}
-    again.record("alice", "gpt-4o", {"prompt_tokens": 5})
+    again.record("alice", "gpt-4o", {"prompt_tokens": 5}, 12_500)
     assert await again.flush()
     assert (await again.report())["alice"]["gpt-4o"]["prompt_tokens"] == 16
     await again.close()
@@ -82,12 +84,14 @@ async def test_failed_flush_keeps_counts_and_logs_once(caplog: pytest.LogCapture
     store = FlakyStore()
     usage = Usage(store)
     for _ in range(3):
-        usage.record("alice", "gpt-4o", {"prompt_tokens": 2})
+        usage.record("alice", "gpt-4o", {"prompt_tokens": 2}, 5_000)
         assert not await usage.flush()
     assert (await usage.report())["alice"]["gpt-4o"]["requests"] == 3  # still reported
     store.down = False
     assert await usage.flush()
-    assert store.rows == {(today(), "alice", "gpt-4o"): {"requests": 3, "prompt_tokens": 6}}
+    assert store.rows == {
+        (today(), "alice", "gpt-4o"): {"requests": 3, "prompt_tokens": 6, "cost_nusd": 15_000}
+    }
     assert (await usage.report())["alice"]["gpt-4o"]["requests"] == 3  # not counted twice
     messages = [r.getMessage() for r in caplog.records]
     assert sum("store failed" in m for m in messages) == 1, messages
@@ -157,6 +161,9 @@ def test_plain_and_streamed_usage_is_counted_even_when_the_client_did_not_ask(
         "completion_tokens": 12,
         "cached_tokens": 0,
         "reasoning_tokens": 0,
+        # answered as gpt-4o-2024-11-20: $2.50 / $10 per 1M, 3 x (5 x 2.5 + 4 x 10) / 1M
+        "cost_usd": pytest.approx(3 * 52_500e-9),
+        "unpriced_requests": 0,
     }
     o3 = report["keys"]["alice"]["o3-mini"]
     assert o3["requests"] == 1 and o3["reasoning_tokens"] == 16
@@ -240,6 +247,8 @@ def test_usage_counts_are_flushed_to_disk_while_running(
             "completion_tokens": 4,
             "cached_tokens": 0,
             "reasoning_tokens": 0,
+            "cost_nusd": 52_500,
+            "unpriced_requests": 0,
         }
     }
     store._db.close()
