@@ -26,6 +26,7 @@ _DONE = b"data: [DONE]"
 # grows past this ends the stream as broken instead of growing without bound.
 # Generous, for events that carry a whole answer or an image.
 MAX_EVENT = 16 * 1024 * 1024
+_SMALL = 64 * 1024  # usage and filter-only chunks are far smaller than this
 
 
 class SSEFilter:
@@ -130,6 +131,8 @@ class SSEFilter:
         if event.startswith(_DONE):
             self.done = True
             return True
+        if len(event) > _SMALL:
+            return True  # not a usage or filter chunk (those are small): keep, unparsed
         payload = _data_of(event)
         if payload is None:
             return True  # a comment or other field: harmless, keep it

@@ -268,7 +268,7 @@ def test_a_long_line_costs_time_linear_in_its_bytes() -> None:
     event = sse.feed(b"\n\n")
     spent = time.process_time() - started
     assert len(event) == 6 + reads * len(read) + 2
-    assert spent < 0.5, f"{spent:.2f}s of CPU for one 50 MB line"
+    assert spent < 1.0, f"{spent:.2f}s of CPU for one 50 MB line"
 
 
 def test_an_event_larger_than_max_event_breaks_the_stream() -> None:
