@@ -19,10 +19,17 @@ Layout (one file per operation, shared pieces beside them):
 * ``errors.py``   -- Azure's error bodies; ``asgi.py`` -- body reading and `Reply`, the one
   writer of HTTP responses; ``models.py`` -- reasoning-model rules and reply text helpers.
 * ``chat.py``     -- chat completions (v1 and legacy deployment routes).
+* ``images.py``   -- image generations (JSON) and edits (multipart): real PNGs, gpt-image usage.
+* ``transcription.py`` -- audio transcriptions and translations (multipart): a fixed transcript
+  in every response format, ``stream=true`` transcript events for gpt-4o-transcribe.
+* ``speech.py``   -- text to speech: a short real WAV sent in pieces, or ``speech.audio.*`` SSE.
+* ``forms.py``    -- multipart bodies read with python-multipart; ``sound.py`` -- WAV bytes and
+  the length of an uploaded clip.
 * ``cli.py``      -- ``python -m app.simulator``.
 
-Adding an operation (images, audio, ...): write ``app/simulator/<operation>.py`` with a
-``route(method, path, query) -> Target | None``, an ``async handle(call) -> status | None``
+Adding an operation: write ``app/simulator/<operation>.py`` with a
+``route(method, path, query) -> Target | None`` (``operation.deployment_route`` builds the
+usual v1 + legacy one), an ``async handle(call) -> status | None``
 and ``OPERATION = Operation(name=<Azure operation name>, route=..., handle=...)``; add it to
 ``server.OPERATIONS``; test it in ``tests/simulator/test_<operation>.py``. Auth, deployment
 checks, counters, recording and the early faults (429, 500, content_filter, hang, slow) then

@@ -50,6 +50,14 @@ def query_param(query: bytes, name: bytes) -> bytes | None:
     return None
 
 
+def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes:
+    """The value of request header ``name`` (lower-case), else ``b""``."""
+    for n, value in headers:
+        if n == name:
+            return value
+    return b""
+
+
 async def read_body(receive: Receive) -> bytes | None:
     """Read the whole request body; None if the client disconnected."""
     message = await receive()
@@ -134,10 +142,19 @@ class Reply:
         await self.send({"type": "http.response.body", "body": half, "more_body": True})
         return 200
 
-    async def start_stream(self) -> None:
-        """Start a 200 ``text/event-stream`` response."""
+    async def whole(self, body: bytes, content_type: bytes) -> int:
+        """A whole ``200`` answer of any content type; returns 200."""
         headers = self.headers(RATELIMIT)
-        headers.append(CT_SSE)
+        headers.append((b"content-type", content_type))
+        headers.append((b"content-length", b"%d" % len(body)))
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+        return 200
+
+    async def start_stream(self, content_type: bytes = CT_SSE[1]) -> None:
+        """Start a 200 streamed response (``text/event-stream`` unless told otherwise)."""
+        headers = self.headers(RATELIMIT)
+        headers.append((b"content-type", content_type))
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def chunk(self, data: bytes, more: bool = True) -> None:

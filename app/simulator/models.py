@@ -35,6 +35,25 @@ _MODEL_VERSIONS: Final[Mapping[str, str]] = MappingProxyType(
 )
 
 
+def counts_image_tokens(deployment: str) -> bool:
+    """Whether an image deployment reports token usage (gpt-image-1 does; dall-e-3 does not)."""
+    return deployment.startswith("gpt-image")
+
+
+def transcribes_with_tokens(deployment: str) -> bool:
+    """gpt-4o(-mini)-transcribe: token usage, json/text only, ``stream=true`` events.
+
+    Any other transcription deployment behaves as whisper: every response format,
+    duration usage, and ``stream`` ignored.
+    """
+    return "transcribe" in deployment
+
+
+def speaks_sse(deployment: str) -> bool:
+    """Whether a speech deployment can answer ``stream_format: sse`` (gpt-4o-mini-tts)."""
+    return deployment.startswith("gpt-4o") and "tts" in deployment
+
+
 def is_reasoning(deployment: str) -> bool:
     """Whether a deployment name denotes a reasoning model (o1/o3/o4/gpt-5, not ``-chat``)."""
     return deployment.startswith(_REASONING_PREFIXES) and not deployment.endswith("-chat")

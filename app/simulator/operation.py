@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.simulator.asgi import Reply
+from app.simulator.asgi import Reply, query_param, wait_disconnect
 from app.simulator.faults import Fault
+from app.simulator.forms import Form
 from app.simulator.resource import Resource
 
 
@@ -24,12 +25,14 @@ class Target:
     ``deployment``: named by the path (legacy form); None means it is the body's
     ``model`` when ``model_in_body``, or that the request names no deployment at all
     (e.g. a stored object addressed by id). ``arg``: anything else the path names.
-    ``json_body``: the body must be a JSON object.
+    ``json_body``: the body must be a JSON object; ``form_body``: a ``multipart/form-data``
+    form (its ``model`` field then names the deployment when ``model_in_body``).
     """
 
     deployment: str | None = None
     model_in_body: bool = True
     json_body: bool = True
+    form_body: bool = False
     arg: str = ""
 
 
@@ -44,6 +47,7 @@ class Call:
     deployment: str
     data: dict[str, Any]
     fault: Fault | None
+    form: Form | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +57,53 @@ class Operation:
     name: str
     route: Callable[[str, str, bytes], Target | None]
     handle: Callable[[Call], Awaitable[int | None]]
+
+
+V1_PREFIX = "/openai/v1"
+LEGACY_PREFIX = "/openai/deployments/"
+
+
+def deployment_route(
+    suffix: str, *, form_body: bool = False
+) -> Callable[[str, str, bytes], Target | None]:
+    """The route function of a POST operation at ``suffix`` (e.g. ``/images/generations``).
+
+    Legacy: ``/openai/deployments/{deployment}{suffix}?api-version=X``. v1:
+    ``/openai/v1{suffix}?api-version=preview`` with the deployment in the body's ``model``:
+    Azure keeps images and audio in preview on v1, so the version is required there too.
+    """
+    v1_path = V1_PREFIX + suffix
+
+    def route(method: str, path: str, query: bytes) -> Target | None:
+        if method != "POST" or not query_param(query, b"api-version"):
+            return None
+        if path == v1_path:
+            return Target(json_body=not form_body, form_body=form_body)
+        if path.startswith(LEGACY_PREFIX) and path.endswith(suffix):
+            deployment = path[len(LEGACY_PREFIX) : -len(suffix)]
+            if deployment and "/" not in deployment:
+                return Target(deployment=deployment, json_body=not form_body, form_body=form_body)
+        return None
+
+    return route
+
+
+async def send_pieces(call: Call, frames: list[bytes], tail: bytes) -> int | None:
+    """Send a started stream's ``frames`` ``chunk_delay`` apart, then ``tail`` to end it.
+
+    A "drop" fault cuts the stream after ``after_chunks`` frames, never sending ``tail``;
+    returns None if the client left meanwhile.
+    """
+    reply, fault = call.reply, call.fault
+    delay = call.resource.config.chunk_delay
+    limit = fault.after_chunks if fault is not None and fault.mode == "drop" else -1
+    for n, frame in enumerate(frames):
+        if n == limit:
+            return 200
+        if n and delay > 0 and await wait_disconnect(reply.receive, delay):
+            return None
+        await reply.chunk(frame)
+    if limit >= 0:
+        return 200
+    await reply.chunk(tail, more=False)
+    return 200

@@ -11,9 +11,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from app.simulator.asgi import Headers, parse_or_none
+import orjson
+
+from app.simulator.asgi import Headers, header, parse_or_none
 from app.simulator.auth import Keys
 from app.simulator.faults import Fault
+from app.simulator.forms import parse_form
 
 RECORDED_REQUESTS: Final = 100
 
@@ -24,7 +27,18 @@ class SimConfig:
 
     keys: list[str] = field(default_factory=lambda: ["sim-key-1", "sim-key-2"])
     deployments: list[str] = field(
-        default_factory=lambda: ["gpt-4o", "gpt-4o-mini", "o3-mini", "gpt-5.2-chat"]
+        default_factory=lambda: [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "o3-mini",
+            "gpt-5.2-chat",
+            "gpt-image-1",
+            "dall-e-3",
+            "whisper",
+            "gpt-4o-transcribe",
+            "tts",
+            "gpt-4o-mini-tts",
+        ]
     )
     region: str = "eastus"
     chunks: int = 8
@@ -82,7 +96,15 @@ class Resource:
         self._recorded.clear()
 
     def record(self, path: str, query: bytes, headers: Headers, body: bytes) -> None:
-        """Remember a request for ``recorded_requests`` (the last 100 are kept)."""
+        """Remember a request for ``recorded_requests`` (the last 100 are kept).
+
+        A multipart body is kept as its fields and the names and sizes of its files
+        (`Form.summary`), so recorded uploads cost no memory and read back as JSON.
+        """
+        content_type = header(headers, b"content-type")
+        if content_type.startswith(b"multipart/"):
+            form = parse_form(body, content_type)
+            body = orjson.dumps(form.summary()) if form is not None else b""
         self._recorded.append((path, query, headers, body))
 
     def recorded_requests(self) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 For an API request, in Azure's order: record it, wait ``latency``, find the operation
 whose ``route`` takes the request line (else 404), check the key (401), the deployment
-the path names (404 DeploymentNotFound), the JSON body and its ``model`` (400/404),
+the path names (404 DeploymentNotFound), the JSON or multipart body and its ``model``
+(400/404),
 count it, apply an early fault, then let the operation answer.
 """
 
@@ -13,24 +14,31 @@ from typing import Any, Final
 
 import orjson
 
-from app.simulator import chat, errors
+from app.simulator import chat, errors, images, speech, transcription
 from app.simulator.asgi import (
     Headers,
     Receive,
     Reply,
     Scope,
     Send,
+    header,
     lifespan,
     parse_or_none,
     read_body,
     wait_disconnect,
 )
 from app.simulator.faults import early_fault, fault_from_json, take_fault
+from app.simulator.forms import Form, parse_form
 from app.simulator.operation import Call, Operation, Target
 from app.simulator.resource import Resource
 
 # Every operation the resource serves; the first whose route takes a request wins.
-OPERATIONS: Final[tuple[Operation, ...]] = (chat.OPERATION,)
+OPERATIONS: Final[tuple[Operation, ...]] = (
+    chat.OPERATION,
+    *images.OPERATIONS,
+    *transcription.OPERATIONS,
+    speech.OPERATION,
+)
 
 
 def find_operation(method: str, path: str, query: bytes) -> tuple[Operation, Target] | None:
@@ -133,7 +141,14 @@ class Simulator(Resource):
             return await reply.json(404, errors.DEPLOYMENT_NOT_FOUND)
 
         data: dict[str, Any] = {}
-        if target.json_body:
+        form: Form | None = None
+        if target.form_body:
+            form = parse_form(body, header(headers, b"content-type"))
+            if form is None:
+                msg = "The request body must be multipart/form-data with a boundary."
+                return await reply.json(400, errors.invalid_request(msg))
+            data = {name: values[0] for name, values in form.fields.items()}
+        elif target.json_body:
             parsed = _parse_body(body)
             if isinstance(parsed, bytes):
                 return await reply.json(400, parsed)
@@ -156,7 +171,7 @@ class Simulator(Resource):
             status = await early_fault(fault, reply, operation.name)
             if status != 0:
                 return status
-        call = Call(self, reply, target, query, deployment, data, fault)
+        call = Call(self, reply, target, query, deployment, data, fault, form)
         return await operation.handle(call)
 
 

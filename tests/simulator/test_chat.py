@@ -1,19 +1,14 @@
-"""Tests for the simulated Azure OpenAI resource (app.simulator)."""
+"""Tests for the simulator's chat completions (app.simulator.chat) and its shared pipeline."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from app.simulator import (
     REASONING_TOKENS,
@@ -25,6 +20,7 @@ from app.simulator import (
     parse_args,
     split_pieces,
 )
+from tests.simulator.serving import serve
 
 KEY = "sim-key-1"
 V1 = "/openai/v1/chat/completions"
@@ -39,23 +35,6 @@ UNAUTHORIZED = (
     " a valid key for an active subscription and use a correct regional API endpoint for your"
     " resource."
 )
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def sim() -> Simulator:
-    return Simulator()
-
-
-@pytest.fixture
-async def client(sim: Simulator) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=sim)
-    async with httpx.AsyncClient(transport=transport, base_url="http://sim") as c:
-        yield c
 
 
 def chat(model: str = "gpt-4o", **extra: Any) -> dict[str, Any]:
@@ -86,37 +65,6 @@ def assert_common_headers(r: httpx.Response, region: str = "eastus") -> None:
     assert r.headers["x-ms-region"] == region
     assert len(r.headers["apim-request-id"]) == 36
     assert len(r.headers["x-request-id"]) == 36
-
-
-@contextlib.contextmanager
-def serve(sim: Simulator) -> Iterator[str]:
-    """Run ``sim`` under a real uvicorn server in a thread; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        sim,
-        loop="asyncio",
-        http="httptools",
-        access_log=False,
-        log_level="critical",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-        assert not thread.is_alive()
 
 
 async def wait_for_stats(
