@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app import __version__
-from app.config import Config, ConfigError, resolve_path
+from app.check import describe, warnings
+from app.config import ENV_GATEWAY_KEY, Config, ConfigError, resolve_path
+from app.envfile import load_env_file
 from app.loopback import exposure_error, is_loopback
-from app.routing import build_table
 from app.server import ENV_HOST, Server, make_loader
 
-__all__ = ["is_loopback", "main"]
+__all__ = ["describe", "is_loopback", "main", "parser"]
 
 
 def setup_logging(level: str) -> None:
@@ -39,7 +40,13 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 
 def load_config(args: argparse.Namespace) -> Config:
+    if args.env_file:
+        load_env_file(Path(args.env_file), os.environ)
     return make_loader(_config_path(args), os.environ)()
+
+
+def _env_key_ignored(args: argparse.Namespace) -> bool:
+    return _config_path(args) is not None and bool(os.environ.get(ENV_GATEWAY_KEY))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -51,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(refused, file=sys.stderr)
         return 2
     setup_logging(args.log_level)
+    for warning in warnings(config, args.host, _env_key_ignored(args)):
+        logging.getLogger("aoai_gateway").warning("configuration: %s", warning)
     path = _config_path(args)
     common = dict(
         host=args.host,
@@ -101,61 +110,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args)
     path = _config_path(args)
-    print(describe(config, str(path) if path else "environment (AZURE_OPENAI_*)"))
+    source = str(path) if path else "environment (AZURE_OPENAI_*)"
+    print(describe(config, source, args.host, _env_key_ignored(args)))
+    if not config.models:
+        print(
+            "check FAILED: the configuration has no models, so the gateway could serve "
+            "nothing; add models: (see config/example.yaml)",
+            file=sys.stderr,
+        )
+        return 2
     if args.probe:
         from app.probe import run_probe
 
         return run_probe(config, timeout=args.timeout)
     return 0
-
-
-def describe(config: Config, source: str) -> str:
-    """The routing table as text; names, URL forms and key counts, never a key."""
-    table = build_table(config)
-    keys = len(config.gateway.keys)
-    lines = [
-        f"configuration OK: {source}",
-        f"  {_count(len(config.resources), 'resource')}, {_count(len(table), 'model')}, "
-        + (_count(keys, "gateway key") if keys else "no gateway keys (serves loopback only)"),
-        "",
-    ]
-    header = (
-        "MODEL",
-        "PRI",
-        "WEIGHT",
-        "RESOURCE",
-        "DEPLOYMENT",
-        "FORM",
-        "API-VERSION",
-        "KEYS",
-        "REASONING",
-        "URL",
-    )
-    rows = [header]
-    for model, targets in table.items():
-        for t in targets:
-            rows.append(
-                (
-                    model,
-                    str(t.priority),
-                    f"{t.weight:g}" if t.weighted else "-",
-                    t.resource,
-                    t.deployment,
-                    t.api,
-                    t.api_version or "-",
-                    str(len(t.keys)),
-                    "yes" if t.reasoning else "no",
-                    t.url,
-                )
-            )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for r in rows:
-        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -173,13 +141,25 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS)
+        if shown and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aoai-gateway",
         description="One OpenAI-compatible endpoint over many Azure OpenAI / Foundry resources.",
+        formatter_class=_Help,
     )
     p.add_argument("--version", action="version", version=f"aoai-gateway {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -188,22 +168,53 @@ def parser() -> argparse.ArgumentParser:
             help="YAML file (default: $AOAI_GATEWAY_CONFIG, else config/gateway.yaml, "
             "else AZURE_OPENAI_* variables)",
         )
+        sp.add_argument(
+            "--env-file",
+            metavar="PATH",
+            help="KEY=VALUE lines (# comments) to set before reading the configuration, e.g. "
+            "config/gateway.env; variables already set win",
+        )
 
-    s = sub.add_parser("serve", help="run the gateway")
+    def listen(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help=f"address {what} listens on; 0.0.0.0 for every interface",
+        )
+
+    s = sub.add_parser("serve", help="run the gateway", formatter_class=_Help)
     with_config(s)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1, help="processes (see README: Performance)")
+    listen(s, "the gateway")
+    s.add_argument("--port", type=int, default=8000, help="TCP port")
+    s.add_argument(
+        "--workers", type=int, default=1, help="processes (see README: How many workers)"
+    )
     s.add_argument("--watch", action="store_true", help="reload when the config file changes")
     s.add_argument(
         "--grace", type=float, default=30.0, help="seconds in-flight requests get at shutdown"
     )
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    s.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the gateway's own log lines below this level are not written",
+    )
+    s.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines (stderr) and access-log lines (stdout) (default: text when stderr "
+        "is a terminal, else json)",
+    )
+    s.add_argument("--no-access-log", action="store_true", help="no line per request")
     s.set_defaults(func=cmd_serve)
 
-    c = sub.add_parser("check", help="validate the configuration and print the routing table")
+    c = sub.add_parser(
+        "check",
+        help="validate the configuration and print the routing table",
+        formatter_class=_Help,
+    )
     with_config(c)
+    listen(c, "serve")
     c.add_argument(
         "--probe", action="store_true", help="make a 1-token call per resource x key x deployment"
     )
@@ -211,14 +222,18 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_check)
 
     d = sub.add_parser(
-        "demo", help="the gateway over two simulated Azure regions; no account needed"
+        "demo",
+        help="the gateway over two simulated Azure regions; no account needed",
+        formatter_class=_Help,
     )
-    d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, default=8000)
+    d.add_argument("--host", default="127.0.0.1", help="loopback address the demo listens on")
+    d.add_argument("--port", type=int, default=8000, help="TCP port")
     d.set_defaults(func=cmd_demo)
 
-    h = sub.add_parser("hash-key", help="print the sha256 of a gateway key, for key_sha256:")
-    h.add_argument("key", nargs="?")
+    h = sub.add_parser(
+        "hash-key", help="print the sha256 of a gateway key, for key_sha256:", formatter_class=_Help
+    )
+    h.add_argument("key", nargs="?", help="the key (default: read from standard input)")
     h.set_defaults(func=cmd_hash_key)
     return p
 

@@ -194,15 +194,20 @@ def resolve_path(cli_path: str | None, environ: Mapping[str, str]) -> Path | Non
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read, interpolate and validate one YAML file."""
+    text = read_text(path)
+    return parse(text, os.environ if environ is None else environ, source=str(path))
+
+
+def read_text(path: Path) -> str:
+    """A configuration file's text, or a `ConfigError` saying why not."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"], str(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             [f"cannot read {path}: not UTF-8 text (byte {exc.start})"], str(path)
         ) from None
-    return parse(text, os.environ if environ is None else environ, source=str(path))
 
 
 def parse(text: str, environ: Mapping[str, str], source: str = "config") -> Config:

@@ -61,11 +61,17 @@ def run(
     )
 
 
-def rows(stdout: str) -> list[dict[str, str]]:
-    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("MODEL"))
+def rows(stdout: str, first: str = "MODEL") -> list[dict[str, str]]:
+    """The table whose header starts with `first`, up to the blank line after it."""
+    lines = [ln.strip() for ln in stdout.splitlines()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(first))
     header = lines[start].split()
-    return [dict(zip(header, ln.split(), strict=True)) for ln in lines[start + 1 :]]
+    block = []
+    for ln in lines[start + 1 :]:
+        if not ln:
+            break
+        block.append(dict(zip(header, ln.split(), strict=True)))
+    return block
 
 
 def test_check_prints_the_routing_table_and_no_key(tmp_path: Path) -> None:
@@ -236,6 +242,19 @@ def test_python_m_app_help(tmp_path: Path) -> None:
     assert "usage: aoai-gateway" in result.stdout
     for command in ("serve", "check", "hash-key"):
         assert command in result.stdout
+
+
+def test_help_shows_defaults_and_every_option_has_help(tmp_path: Path) -> None:
+    top = cli.parser()
+    for name, sub in top._subparsers._group_actions[0].choices.items():  # type: ignore[union-attr]
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    serve = " ".join(run("serve", "--help", cwd=tmp_path).stdout.split())
+    assert "--host HOST" in serve and "(default: 127.0.0.1)" in serve
+    assert "(default: 8000)" in serve and "(default: 30.0)" in serve
+    assert "--env-file PATH" in serve and "--log-format {text,json}" in serve
+    check = " ".join(run("check", "--help", cwd=tmp_path).stdout.split())
+    assert "(default: 20.0)" in check and "--env-file PATH" in check
 
 
 def test_console_script_hash_key(tmp_path: Path) -> None:

@@ -85,6 +85,31 @@ def test_a_config_file_in_the_directory_wins_over_the_environment(
     assert [m["id"] for m in httpx.get(gw.base_url + "/models").json()["data"]] == ["from-file"]
 
 
+def test_aoai_gateway_key_serves_beyond_loopback_from_a_pasted_portal_url(
+    sim: Any, start_gateway: Any
+) -> None:
+    east = sim["eastus"]
+    portal = east.url + "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+    env = {
+        "AZURE_OPENAI_ENDPOINT": portal,  # no AZURE_OPENAI_DEPLOYMENTS: the URL names one
+        "AZURE_OPENAI_API_KEY": SIM_KEYS[0],
+        "AOAI_GATEWAY_KEY": "env-only-gateway-key",
+    }
+    gw = start_gateway(None, "--host", "0.0.0.0", env=env, key="env-only-gateway-key")
+    assert httpx.get(gw.base_url + "/models").status_code == 401  # the key is required
+    client = openai.OpenAI(base_url=gw.base_url, api_key="env-only-gateway-key", max_retries=0)
+    done = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+    )
+    assert done.choices[0].message.content == "You said: x"
+    last = east.requests()[-1]
+    assert (last["path"], last["query"]) == (
+        "/openai/deployments/gpt-4o/chat/completions",
+        "api-version=2024-10-21",
+    )
+    assert "env-only-gateway-key" not in gw.logs()
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -99,6 +124,14 @@ def test_a_config_file_in_the_directory_wins_over_the_environment(
         (
             {"AZURE_OPENAI_ENDPOINT": "https://x.openai.azure.com", "AZURE_OPENAI_API_KEY": "k"},
             "AZURE_OPENAI_DEPLOYMENTS is not set",
+        ),
+        (
+            {"AZURE_OPENAI_API_KEY": "k", "AZURE_OPENAI_DEPLOYMENTS": "a"},
+            "AZURE_OPENAI_ENDPOINT is not set",
+        ),
+        (
+            {"AOAI_GATEWAY_KEY": "g"},
+            "AZURE_OPENAI_ENDPOINT is not set",
         ),
     ],
 )
