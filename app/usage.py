@@ -9,6 +9,14 @@ replicas' counts appear once they flush (within `flush_interval`).
 
 If the store fails, the tally stays in memory and the next flush tries again;
 the failure is logged once, and so is the recovery.
+
+Each flush is a batch numbered per writer (`Batch`: a random id per process and
+a sequence number), and a store applies a batch at most once: a batch whose
+outcome is unknown (a Redis timeout, a cancelled write) is sent again with the
+same number before anything newer, and the store skips one it has already
+applied (issue 10: a batch re-applied after a Redis stall double-counted
+usage). Until such a batch is confirmed, a report may count it twice; the
+stored totals never do.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import os
 import sqlite3
 import time
 from collections import defaultdict
@@ -55,12 +64,25 @@ def _day_name(day: int) -> str:
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 
 
+class Batch:
+    """Which flush a tally is: `seq` counts up per `writer` (one per process)."""
+
+    __slots__ = ("seq", "writer")
+
+    def __init__(self, writer: str, seq: int) -> None:
+        self.writer = writer
+        self.seq = seq
+
+
 class StoreUnavailable(Exception):
     """The usage store did not answer; the message names it, never a secret."""
 
 
 class Store(Protocol):
-    async def add(self, tally: Tally) -> None: ...
+    async def add(self, tally: Tally, batch: Batch) -> None:
+        """Apply `tally` unless this batch (or a later one of its writer) already was."""
+        ...
+
     async def read(self, since: str | None) -> Tally: ...
     async def spend(self, since: str) -> dict[tuple[str, str], int]:
         """Nano-dollars per (day, key) from `since` on: what budgets are checked against."""
@@ -87,9 +109,12 @@ class SQLiteStore:
         for column in COLUMNS:  # a file written before a column existed
             if column not in have:
                 self._db.execute(f"ALTER TABLE usage ADD {column} INTEGER NOT NULL DEFAULT 0")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS usage_batches (writer TEXT PRIMARY KEY, seq INTEGER)"
+        )
         self._lock = asyncio.Lock()
 
-    def _add(self, tally: Tally) -> None:
+    def _add(self, tally: Tally, batch: Batch) -> None:
         names = ", ".join(COLUMNS)
         marks = ", ".join("?" for _ in COLUMNS)
         updates = ", ".join(f"{f} = {f} + excluded.{f}" for f in COLUMNS)
@@ -98,8 +123,18 @@ class SQLiteStore:
             f"ON CONFLICT (day, key, model) DO UPDATE SET {updates}"
         )
         rows = [(*row, *(counts.get(f, 0) for f in COLUMNS)) for row, counts in tally.items()]
-        with self._db:
+        with self._db:  # one transaction: the rows and the batch's mark land together
+            done = self._db.execute(
+                "SELECT seq FROM usage_batches WHERE writer = ?", (batch.writer,)
+            ).fetchone()
+            if done is not None and done[0] >= batch.seq:
+                return
             self._db.executemany(sql, rows)
+            self._db.execute(
+                "INSERT INTO usage_batches (writer, seq) VALUES (?, ?) "
+                "ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq",
+                (batch.writer, batch.seq),
+            )
 
     def _read(self, since: str | None) -> Tally:
         sql = f"SELECT day, key, model, {', '.join(COLUMNS)} FROM usage"
@@ -120,9 +155,9 @@ class SQLiteStore:
         async with self._lock:
             return await asyncio.to_thread(self._spend, since)
 
-    async def add(self, tally: Tally) -> None:
+    async def add(self, tally: Tally, batch: Batch) -> None:
         async with self._lock:
-            await asyncio.to_thread(self._add, tally)
+            await asyncio.to_thread(self._add, tally, batch)
 
     async def read(self, since: str | None) -> Tally:
         async with self._lock:
@@ -139,10 +174,11 @@ class RedisStore:
         {prefix}usage:days        set   the days that have usage
         {prefix}usage:{day}       hash  ["alice","gpt-4o","prompt_tokens"] -> n
         {prefix}spend:{day}       hash  "alice" -> nano-dollars (what budgets read)
+        {prefix}usage:applied     hash  writer -> the last batch applied
 
-    A flush is one MULTI/EXEC of HINCRBYs, so it lands whole or not at all
-    (and is then retried whole). Durability across a Redis restart is Redis's
-    own (RDB/AOF).
+    A flush is one script (`_APPLY`): it lands whole or not at all, and a batch
+    already applied is skipped, so a retry after a timeout never counts twice.
+    Durability across a Redis restart is Redis's own (RDB/AOF).
     """
 
     def __init__(self, redis_url: str, prefix: str = "aoai-gateway:", timeout: float = 2.0):
@@ -153,18 +189,30 @@ class RedisStore:
         self._days = prefix + "usage:days"
         self._day = prefix + "usage:"
         self._spend = prefix + "spend:"
+        self._applied = prefix + "usage:applied"
+        self._apply = self.redis.register_script(_APPLY)
 
-    async def add(self, tally: Tally) -> None:
-        pipe = self.redis.pipeline(transaction=True)
+    async def add(self, tally: Tally, batch: Batch) -> None:
+        days = sorted({day for day, _, _ in tally})
+        keys = [self._applied, self._days]
+        where: dict[str, int] = {}  # a hash's name -> its 1-based place in KEYS
+        increments: list[str | int] = []
         for (day, key, model), counts in tally.items():
-            pipe.sadd(self._days, day)
-            for name, n in counts.items():
+            for hash_name, field, n in (
+                *(
+                    (self._day + day, orjson.dumps([key, model, name]).decode(), n)
+                    for name, n in counts.items()
+                ),
+                (self._spend + day, key, counts.get(COST, 0)),
+            ):
                 if n:
-                    pipe.hincrby(self._day + day, orjson.dumps([key, model, name]).decode(), n)
-            if counts.get(COST):
-                pipe.hincrby(self._spend + day, key, counts[COST])
+                    if hash_name not in where:
+                        keys.append(hash_name)
+                        where[hash_name] = len(keys)
+                    increments += [where[hash_name], field, n]
+        args = [batch.writer, batch.seq, _APPLIED_TTL_MS, len(days), *days, *increments]
         try:
-            await pipe.execute()
+            await self._apply(keys=keys, args=args)
         except Exception as exc:
             raise StoreUnavailable(f"redis at {self.where}: {exc}") from None
 
@@ -204,12 +252,35 @@ class RedisStore:
         await self.redis.aclose()
 
 
+# KEYS: the applied hash, the days set, then the hashes incremented; ARGV: writer,
+# seq, the applied hash's ttl (ms), the number of days, the days, then triples
+# (place of a hash in KEYS, field, n). Skips a batch its writer already applied.
+_APPLY = """
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local seq = tonumber(ARGV[2])
+if seq <= last then return 0 end
+local ndays = tonumber(ARGV[4])
+for i = 1, ndays do redis.call('SADD', KEYS[2], ARGV[4 + i]) end
+local i = 5 + ndays
+while i <= #ARGV do
+  redis.call('HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+  i = i + 3
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+_APPLIED_TTL_MS = 30 * 86400 * 1000  # writers gone for a month are forgotten
+
+
 class Usage:
     def __init__(self, store: Store, flush_interval: float = 2.0) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self._pending: Tally = defaultdict(dict)
         self._flushing: Tally = {}  # handed to the store, not yet confirmed
+        self._writer = os.urandom(8).hex()
+        self._seq = 0  # the batch in _flushing, or the last one confirmed
         self._failing = False
         self._task: asyncio.Task[None] | None = None
 
@@ -233,20 +304,27 @@ class Usage:
             await self.flush()
 
     async def flush(self) -> bool:
-        """Hand the tally to the store; on failure keep it for the next flush."""
+        """Hand the tally to the store; on failure keep it for the next flush.
+
+        A batch not confirmed is sent again first, unchanged and with its own
+        number, so the store can tell a retry from new counts."""
+        if self._flushing and not await self._send():
+            return False
         if not self._pending:
             return True
         self._flushing, self._pending = dict(self._pending), defaultdict(dict)
+        self._seq += 1
+        return await self._send()
+
+    async def _send(self) -> bool:
         try:
-            await self.store.add(self._flushing)
+            await self.store.add(self._flushing, Batch(self._writer, self._seq))
         except Exception as exc:  # keep serving; try again next time
             if not self._failing:
                 log.error("usage: store failed (%s); keeping the counts in memory", exc)
             self._failing = True
-            _merge(self._pending, self._flushing)
             return False
-        finally:
-            self._flushing = {}
+        self._flushing = {}
         if self._failing:
             log.warning("usage: store answers again; pending counts written")
             self._failing = False
@@ -285,7 +363,7 @@ class Usage:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if not await self.flush():
-            rows = len(self._pending)
+            rows = len(self._pending) + len(self._flushing)
             log.error("usage: %d rows could not be written at shutdown and are lost", rows)
         await self.store.close()
 
@@ -303,10 +381,3 @@ def days_from(since: str, until: str) -> list[str]:
     """Every UTC day from `since` to `until`, both included, as YYYY-MM-DD."""
     first, last = dt.date.fromisoformat(since), dt.date.fromisoformat(until)
     return [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
-
-
-def _merge(into: Tally, tally: Tally) -> None:
-    for row, counts in tally.items():
-        mine = into[row]
-        for name, n in counts.items():
-            mine[name] = mine.get(name, 0) + n

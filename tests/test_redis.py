@@ -18,7 +18,7 @@ import redis
 
 from app.metrics import Metrics
 from app.redis_state import RedisState
-from app.usage import RedisStore, Usage, today
+from app.usage import Batch, RedisStore, Usage, today
 from tests.conftest import GATEWAY_KEY, base_config
 from tests.redis_support import RedisServer, private_db, private_server
 
@@ -203,7 +203,7 @@ async def test_usage_in_redis_is_shared_and_filtered_by_day(redis_url: str) -> N
     two.record("bob", "o3-mini", {"prompt_tokens": 3, "reasoning_tokens": 16}, None)
     assert await one.flush() and await two.flush()
     # an older day, written straight into the store
-    await one.store.add({("2020-01-01", "alice", "gpt-4o"): {"requests": 7}})
+    await one.store.add({("2020-01-01", "alice", "gpt-4o"): {"requests": 7}}, Batch("t", 1))
     third = Usage(RedisStore(redis_url))  # a replica that served nothing itself
     report = await third.report(today())
     assert report["alice"]["gpt-4o"] == {
@@ -239,6 +239,39 @@ async def test_usage_flush_to_a_dead_redis_keeps_the_counts(own_redis: RedisServ
     assert report["alice"]["gpt-4o"]["requests"] == 2
     assert report["alice"]["gpt-4o"]["prompt_tokens"] == 10
     await usage.close()
+
+
+@pytest.mark.anyio
+async def test_a_flush_stalled_by_a_frozen_redis_is_applied_once(own_redis: RedisServer) -> None:
+    """Issue 10: Redis frozen mid-flush ran the timed-out write when it woke, and the
+    retry wrote it again. The retry carries the same batch number and is skipped."""
+    usage = Usage(RedisStore(own_redis.url, timeout=0.3))
+    usage.record("alice", "gpt-4o", {"prompt_tokens": 1}, 1)
+    assert await usage.flush()  # a flush before the stall, as under load
+    usage.record("alice", "gpt-4o", {"prompt_tokens": 4}, 10)
+    own_redis.pause()
+    try:
+        assert not await usage.flush()  # sent, not answered: Redis runs it once it wakes
+    finally:
+        own_redis.pause(False)
+    usage.record("alice", "gpt-4o", {"prompt_tokens": 6}, 15)
+    assert await usage.flush()
+    fresh = Usage(RedisStore(own_redis.url))
+    counts = (await fresh.report())["alice"]["gpt-4o"]
+    assert (counts["requests"], counts["prompt_tokens"], counts["cost_nusd"]) == (3, 11, 26)
+    assert await fresh.spend(today()) == {(today(), "alice"): 26}
+    await fresh.close()
+    await usage.close()
+
+
+@pytest.mark.anyio
+async def test_redis_store_applies_each_batch_of_a_writer_once(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    row = ("2020-01-01", "bob", "o3-mini")
+    for batch in (Batch("a", 1), Batch("a", 1), Batch("b", 1), Batch("a", 2), Batch("a", 1)):
+        await store.add({row: {"requests": 1, "cost_nusd": 5}}, batch)
+    assert (await store.read(None))[row] == {"requests": 3, "cost_nusd": 15}
+    await store.close()
 
 
 # --- two gateway processes, one Redis ------------------------------------------

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from app.usage import FIELDS, SQLiteStore, StoreUnavailable, Tally, Usage, today
+from app.usage import FIELDS, Batch, SQLiteStore, StoreUnavailable, Tally, Usage, today
 from tests.conftest import GATEWAY_KEY, base_config
 
 ADMIN_KEY = "test-gateway-key-ops"
@@ -33,7 +33,7 @@ class FlakyStore:
         self.down = True
         self.rows: Tally = {}
 
-    async def add(self, tally: Tally) -> None:
+    async def add(self, tally: Tally, batch: Batch) -> None:
         if self.down:
             raise StoreUnavailable("store down")
         for row, counts in tally.items():
@@ -57,7 +57,7 @@ async def test_sqlite_usage_survives_reopening_and_filters_by_day(tmp_path: Path
     # not flushed yet, but reported
     assert (await usage.report())["alice"]["gpt-4o"]["requests"] == 2
     await usage.close()  # flushes
-    await SQLiteStore(path).add({("2020-01-01", "bob", "o3-mini"): {"requests": 1}})
+    await SQLiteStore(path).add({("2020-01-01", "bob", "o3-mini"): {"requests": 1}}, Batch("t", 1))
 
     again = Usage(SQLiteStore(path))
     report = await again.report()
@@ -96,6 +96,52 @@ async def test_failed_flush_keeps_counts_and_logs_once(caplog: pytest.LogCapture
     messages = [r.getMessage() for r in caplog.records]
     assert sum("store failed" in m for m in messages) == 1, messages
     assert sum("answers again" in m for m in messages) == 1, messages
+
+
+class AppliedThenLost(SQLiteStore):
+    """Applies a batch, then fails as a timeout would: the caller cannot know it landed."""
+
+    def __init__(self, path: str, lose: int) -> None:
+        super().__init__(path)
+        self.lose = lose
+        self.batches: list[tuple[str, int]] = []
+
+    async def add(self, tally: Tally, batch: Batch) -> None:
+        self.batches.append((batch.writer, batch.seq))
+        await super().add(tally, batch)
+        if self.lose:
+            self.lose -= 1
+            raise StoreUnavailable("timed out")
+
+
+@pytest.mark.anyio
+async def test_a_batch_whose_outcome_is_unknown_is_resent_as_is_and_counted_once(
+    tmp_path: Path,
+) -> None:
+    """Issue 10: a batch re-applied after a store timeout counted its usage twice."""
+    store = AppliedThenLost(str(tmp_path / "usage.db"), lose=2)
+    usage = Usage(store)
+    usage.record("alice", "gpt-4o", {"prompt_tokens": 2}, 1)
+    assert not await usage.flush()  # applied, but the answer was lost
+    usage.record("alice", "gpt-4o", {"prompt_tokens": 3}, 1)
+    assert not await usage.flush()  # the same batch again first, lost again
+    assert await usage.flush()  # the same batch once more (skipped), then the new one
+    writer = store.batches[0][0]
+    assert store.batches == [(writer, 1), (writer, 1), (writer, 1), (writer, 2)]
+    report = await usage.report()
+    assert report["alice"]["gpt-4o"]["requests"] == 2
+    assert report["alice"]["gpt-4o"]["prompt_tokens"] == 5
+    await usage.close()
+
+
+@pytest.mark.anyio
+async def test_sqlite_store_applies_each_batch_of_a_writer_once(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "usage.db"))
+    row = ("2020-01-01", "bob", "o3-mini")
+    for batch in (Batch("a", 1), Batch("a", 1), Batch("b", 1), Batch("a", 2), Batch("a", 1)):
+        await store.add({row: {"requests": 1}}, batch)
+    assert (await store.read(None))[row]["requests"] == 3
+    await store.close()
 
 
 # --- through the gateway ----------------------------------------------------------
