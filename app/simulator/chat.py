@@ -25,22 +25,22 @@ from typing import Any, Final
 
 import orjson
 
-from app.simulator.asgi import RATELIMIT, query_param, wait_disconnect
-from app.simulator.errors import NOT_DETECTED, SAFE, invalid_request
+from app.simulator.asgi import RATELIMIT, wait_disconnect
+from app.simulator.errors import NOT_DETECTED, SAFE, invalid_request, operation_not_supported
 from app.simulator.faults import Fault
 from app.simulator.models import (
     MAX_REPLY_CHARS,
     REASONING_TOKENS,
     UNSUPPORTED_FOR_REASONING,
     cap_reply,
+    content_text,
+    is_embedding,
     is_reasoning,
     model_version,
     split_pieces,
 )
-from app.simulator.operation import Call, Operation, Target
+from app.simulator.operation import Call, Operation, deployment_route
 
-V1_PATH: Final = "/openai/v1/chat/completions"
-LEGACY_PREFIX: Final = "/openai/deployments/"
 _LEGACY_SUFFIX: Final = "/chat/completions"
 _FINGERPRINT: Final = "fp_ee1d74bde0"
 
@@ -84,15 +84,7 @@ class _Answer:
 
 def message_text(content: Any) -> str:
     """Text of a message ``content``: a string, or text parts joined by spaces."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            p["text"]
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        )
-    return ""
+    return content_text(content)
 
 
 def count_prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
@@ -274,17 +266,8 @@ def stream_frames(answer: _Answer, completion_id: str, created: int, usage: bool
     )  # fmt: skip
 
 
-def route(method: str, path: str, query: bytes) -> Target | None:
-    """The chat routes: v1 (deployment in the body) and legacy (in the path, api-version)."""
-    if method != "POST":
-        return None
-    if path == V1_PATH:
-        return Target()
-    if path.startswith(LEGACY_PREFIX) and path.endswith(_LEGACY_SUFFIX):
-        deployment = path[len(LEGACY_PREFIX) : -len(_LEGACY_SUFFIX)]
-        if deployment and "/" not in deployment and query_param(query, b"api-version"):
-            return Target(deployment=deployment)
-    return None
+# v1 (deployment in the body) and legacy (in the path, api-version).
+route: Final = deployment_route(_LEGACY_SUFFIX, v1_needs_version=False)
 
 
 # --- answering -------------------------------------------------------------------------------
@@ -293,6 +276,8 @@ def route(method: str, path: str, query: bytes) -> Target | None:
 async def handle(call: Call) -> int | None:
     """Validate, then answer as JSON or as an SSE stream."""
     data, fault, reply = call.data, call.fault, call.reply
+    if is_embedding(call.deployment):
+        return await reply.json(400, operation_not_supported("chatCompletion", call.deployment))
     error = validate_request(data, is_reasoning(call.deployment))
     if error is not None:
         return await reply.json(400, error)

@@ -55,3 +55,13 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     """An OpenAI-style ``invalid_request_error`` body."""
     err = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
     return orjson.dumps({"error": err})
+
+
+def operation_not_supported(operation: str, model: str) -> bytes:
+    """Azure's 400 for a deployment whose model cannot serve ``operation``."""
+    message = (
+        f"The {operation} operation does not work with the specified model, {model}. Please"
+        " choose different model and try again. You can learn more about which models can be"
+        " used with each operation here: https://go.microsoft.com/fwlink/?linkid=2197993."
+    )
+    return orjson.dumps({"error": {"code": "OperationNotSupported", "message": message}})

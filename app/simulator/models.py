@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 REASONING_TOKENS: Final = 16
 MAX_REPLY_CHARS: Final = 200
@@ -59,6 +59,11 @@ def is_reasoning(deployment: str) -> bool:
     return deployment.startswith(_REASONING_PREFIXES) and not deployment.endswith("-chat")
 
 
+def is_embedding(deployment: str) -> bool:
+    """Whether a deployment name denotes an embeddings model (``text-embedding-*``)."""
+    return deployment.startswith("text-embedding")
+
+
 def model_version(deployment: str) -> str:
     """The model name Azure reports for a deployment."""
     return _MODEL_VERSIONS.get(deployment, deployment)
@@ -79,3 +84,19 @@ def split_pieces(text: str, n: int) -> list[str]:
     size = len(text)
     bounds = [i * size // n for i in range(n + 1)]
     return [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def content_text(content: Any, part_types: Collection[str] = ("text",)) -> str:
+    """Text of a message ``content``: a string, or the ``text`` of its parts whose ``type``
+    is one of ``part_types``, joined by single spaces (other parts ignored)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            p["text"]
+            for p in content
+            if isinstance(p, dict)
+            and p.get("type") in part_types
+            and isinstance(p.get("text"), str)
+        )
+    return ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from app.simulator.asgi import Reply, query_param, wait_disconnect
 from app.simulator.faults import Fault
@@ -27,6 +27,8 @@ class Target:
     (e.g. a stored object addressed by id). ``arg``: anything else the path names.
     ``json_body``: the body must be a JSON object; ``form_body``: a ``multipart/form-data``
     form (its ``model`` field then names the deployment when ``model_in_body``).
+    ``action``: which of the operation's routes it is (e.g. ``retrieve``). ``reject``: a 400
+    body to answer once the key is checked (e.g. an api-version that predates the operation).
     """
 
     deployment: str | None = None
@@ -34,6 +36,8 @@ class Target:
     json_body: bool = True
     form_body: bool = False
     arg: str = ""
+    action: str = ""
+    reject: bytes = b""
 
 
 @dataclass(slots=True)
@@ -57,28 +61,35 @@ class Operation:
     name: str
     route: Callable[[str, str, bytes], Target | None]
     handle: Callable[[Call], Awaitable[int | None]]
+    # For requests naming no deployment (a stored object by id): the deployment that
+    # owns it, so deployment-scoped faults and counters apply ("" if unknown).
+    deployment_of: Callable[[Resource, Target], str] | None = None
 
 
-V1_PREFIX = "/openai/v1"
-LEGACY_PREFIX = "/openai/deployments/"
+V1_PREFIX: Final = "/openai/v1"
+LEGACY_PREFIX: Final = "/openai/deployments/"
 
 
 def deployment_route(
-    suffix: str, *, form_body: bool = False
+    suffix: str, *, form_body: bool = False, v1_needs_version: bool = True
 ) -> Callable[[str, str, bytes], Target | None]:
     """The route function of a POST operation at ``suffix`` (e.g. ``/images/generations``).
 
     Legacy: ``/openai/deployments/{deployment}{suffix}?api-version=X``. v1:
-    ``/openai/v1{suffix}?api-version=preview`` with the deployment in the body's ``model``:
-    Azure keeps images and audio in preview on v1, so the version is required there too.
+    ``/openai/v1{suffix}`` with the deployment in the body's ``model``; Azure keeps images
+    and audio in preview on v1, so they need ``?api-version=preview`` there too
+    (``v1_needs_version``); chat and embeddings are GA on v1 and need none.
     """
     v1_path = V1_PREFIX + suffix
 
     def route(method: str, path: str, query: bytes) -> Target | None:
-        if method != "POST" or not query_param(query, b"api-version"):
+        if method != "POST":
             return None
-        if path == v1_path:
+        versioned = bool(query_param(query, b"api-version"))
+        if path == v1_path and (versioned or not v1_needs_version):
             return Target(json_body=not form_body, form_body=form_body)
+        if not versioned:
+            return None
         if path.startswith(LEGACY_PREFIX) and path.endswith(suffix):
             deployment = path[len(LEGACY_PREFIX) : -len(suffix)]
             if deployment and "/" not in deployment:

@@ -17,6 +17,7 @@ from app.simulator.asgi import Headers, header, parse_or_none
 from app.simulator.auth import Keys
 from app.simulator.faults import Fault
 from app.simulator.forms import parse_form
+from app.simulator.store import ResponseStore
 
 RECORDED_REQUESTS: Final = 100
 
@@ -38,6 +39,7 @@ class SimConfig:
             "gpt-4o-transcribe",
             "tts",
             "gpt-4o-mini-tts",
+            "text-embedding-3-small",
         ]
     )
     region: str = "eastus"
@@ -76,6 +78,7 @@ class Resource:
         self.faults: list[Fault] = []
         self.keys = Keys(self.config.keys)
         self.deployments = frozenset(self.config.deployments)
+        self.responses = ResponseStore()
         self.base_headers: Headers = [(b"x-ms-region", self.config.region.encode())]
         self._recorded: deque[tuple[str, bytes, Headers, bytes]] = deque(maxlen=RECORDED_REQUESTS)
 
@@ -89,8 +92,10 @@ class Resource:
         self.keys.revoke(key)
 
     def reset(self) -> None:
-        """Clear faults, revoked keys, stats (except in_flight) and recorded requests."""
+        """Clear faults, revoked keys, stats (except in_flight), recorded requests and stored
+        responses."""
         self.faults.clear()
+        self.responses.clear()
         self.keys.reset()
         self.stats = Stats(in_flight=self.stats.in_flight)
         self._recorded.clear()

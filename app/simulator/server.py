@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import orjson
 
-from app.simulator import chat, errors, images, speech, transcription
+from app.simulator import chat, embeddings, errors, images, responses, speech, transcription
 from app.simulator.asgi import (
     Headers,
     Receive,
@@ -35,6 +35,8 @@ from app.simulator.resource import Resource
 # Every operation the resource serves; the first whose route takes a request wins.
 OPERATIONS: Final[tuple[Operation, ...]] = (
     chat.OPERATION,
+    responses.OPERATION,
+    embeddings.OPERATION,
     *images.OPERATIONS,
     *transcription.OPERATIONS,
     speech.OPERATION,
@@ -137,6 +139,8 @@ class Simulator(Resource):
         if label is None:
             return await reply.json(401, errors.UNAUTHORIZED)
         self.stats.by_key[label] = self.stats.by_key.get(label, 0) + 1
+        if target.reject:
+            return await reply.json(400, target.reject)
         if target.deployment is not None and target.deployment not in self.deployments:
             return await reply.json(404, errors.DEPLOYMENT_NOT_FOUND)
 
@@ -162,6 +166,8 @@ class Simulator(Resource):
             if model not in self.deployments:
                 return await reply.json(404, errors.DEPLOYMENT_NOT_FOUND)
             deployment = model
+        elif not deployment and operation.deployment_of is not None:
+            deployment = operation.deployment_of(self, target)
         if deployment:
             by_dep = self.stats.by_deployment
             by_dep[deployment] = by_dep.get(deployment, 0) + 1

@@ -188,7 +188,7 @@ async def test_auth_checked_before_deployment(client: httpx.AsyncClient) -> None
 
 @pytest.mark.anyio
 async def test_unknown_path_and_healthz(client: httpx.AsyncClient) -> None:
-    r = await client.post("/openai/v1/embeddings", headers=AUTH, json={})
+    r = await client.post("/openai/v1/no-such-operation", headers=AUTH, json={})
     assert r.status_code == 404
     assert r.json() == {"error": {"code": "404", "message": "Resource not found"}}
     assert (await client.get("/healthz")).status_code == 200
