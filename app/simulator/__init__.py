@@ -19,6 +19,10 @@ Layout (one file per operation, shared pieces beside them):
 * ``errors.py``   -- Azure's error bodies; ``asgi.py`` -- body reading and `Reply`, the one
   writer of HTTP responses; ``models.py`` -- reasoning-model rules and reply text helpers.
 * ``chat.py``     -- chat completions (v1 and legacy deployment routes).
+* ``responses.py`` -- the Responses API: create (plain, streamed, background), retrieve,
+  delete, input_items, cancel, resumed streams; ``responses_wire.py`` -- its request checks,
+  ``response`` object and event sequence; ``store.py`` -- responses stored per resource.
+* ``embeddings.py`` -- embeddings: deterministic vectors, float or base64.
 * ``images.py``   -- image generations (JSON) and edits (multipart): real PNGs, gpt-image usage.
 * ``transcription.py`` -- audio transcriptions and translations (multipart): a fixed transcript
   in every response format, ``stream=true`` transcript events for gpt-4o-transcribe.
@@ -30,7 +34,8 @@ Layout (one file per operation, shared pieces beside them):
 Adding an operation: write ``app/simulator/<operation>.py`` with a
 ``route(method, path, query) -> Target | None`` (``operation.deployment_route`` builds the
 usual v1 + legacy one), an ``async handle(call) -> status | None``
-and ``OPERATION = Operation(name=<Azure operation name>, route=..., handle=...)``; add it to
+and ``OPERATION = Operation(name=<Azure operation name>, route=..., handle=...)`` (with
+``deployment_of`` if some routes name a stored object rather than a deployment); add it to
 ``server.OPERATIONS``; test it in ``tests/simulator/test_<operation>.py``. Auth, deployment
 checks, counters, recording and the early faults (429, 500, content_filter, hang, slow) then
 apply to it unchanged; answer-shaping faults (``drop``, ``annotations``) are the handler's.
