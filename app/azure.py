@@ -1,7 +1,7 @@
 """Pure functions that turn an OpenAI chat request into an Azure one.
 
 Everything Azure-specific about the request lives here: the v1 and legacy URL
-forms, the `api-key` header, the body rewrite (deployment as `model`, the
+forms, the `api-key` or Bearer header, the body rewrite (deployment as `model`, the
 reasoning-model parameter rules, asking for the usage chunk) and Retry-After
 parsing. No I/O; the hot path calls these with already-parsed values.
 """
@@ -169,6 +169,11 @@ def rewrite_body(
 def request_headers(key: str) -> dict[str, str]:
     """Headers for one upstream call; nothing of the caller's is copied."""
     return {"api-key": key, "content-type": "application/json"}
+
+
+def bearer_headers(token: str) -> dict[str, str]:
+    """Headers for one upstream call with a Microsoft Entra ID token instead of a key."""
+    return {"authorization": f"Bearer {token}", "content-type": "application/json"}
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

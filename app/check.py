@@ -1,7 +1,8 @@
 """What `aoai-gateway check` prints: the routing table, the gateway keys, notes, warnings.
 
 Pure functions of a validated `Config` (and the address `serve` will listen
-on): names, URL forms, limits and hash ids, never a key. `warnings` is also
+on): names, URL forms, limits and hash ids, how each resource authenticates, never a
+secret. `warnings` is also
 logged by `serve` at startup, so a configuration that loads but cannot work
 as meant is said out loud in both places.
 """
@@ -16,6 +17,7 @@ from app.azure import parse_endpoint
 from app.config import ENV_GATEWAY_KEY, Config, GatewayKey
 from app.loopback import is_loopback
 from app.routing import Target, build_table
+from app.upstream_auth import describe as describe_auth
 
 
 def describe(
@@ -74,7 +76,7 @@ def routes_table(table: Mapping[str, tuple[Target, ...]]) -> list[str]:
                         t.deployment,
                         t.api,
                         t.api_version or "-",
-                        str(len(t.keys)),
+                        describe_auth(t.keys),
                         "yes" if t.reasoning else "no",
                         operation,
                         url,

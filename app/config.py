@@ -26,6 +26,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -90,9 +92,27 @@ def _endpoint(value: Any) -> Any:
     return value
 
 
+DEFAULT_ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+EntraCredential = Literal[
+    "default", "managed_identity", "workload_identity", "azure_cli", "client_secret"
+]
+
+
+class Entra(_Model):
+    """How a resource with `auth: entra` gets its Microsoft Entra ID token."""
+
+    credential: EntraCredential = "default"
+    client_id: str | None = None
+    tenant_id: str | None = None
+    client_secret: SecretStr | None = None
+    scope: str = DEFAULT_ENTRA_SCOPE
+
+
 class Resource(_Model):
     endpoint: Annotated[str, BeforeValidator(_endpoint)]
-    keys: tuple[SecretStr, ...] = Field(min_length=1)
+    auth: Literal["keys", "entra"] = "keys"  # validated before `keys`, which depends on it
+    keys: tuple[SecretStr, ...] = Field(default=(), validate_default=True)
+    entra: Entra | None = None
     api: Api = "v1"
     api_version: str | None = None
 
@@ -115,6 +135,16 @@ class Resource(_Model):
         ):
             return {**data, "api": "legacy", "api_version": found.api_version}
         return data
+
+    @field_validator("keys")
+    @classmethod
+    def _keys_or_entra(cls, keys: tuple[SecretStr, ...], info: ValidationInfo) -> Any:
+        auth = info.data.get("auth")  # None: `auth` itself is invalid, one error is enough
+        if auth == "entra" and keys:
+            raise ValueError("give either 'keys' or 'auth: entra', not both")
+        if auth == "keys" and not keys:
+            raise ValueError("needs at least one key (or 'auth: entra' for Microsoft Entra ID)")
+        return keys
 
 
 # A deployment name goes into a URL path: one segment, nothing to escape.
@@ -377,9 +407,7 @@ def check_references(config: Config) -> list[str]:
         else:
             seen_digests[d] = i
     for name, res in config.resources.items():
-        for i, k in enumerate(res.keys):
-            if not k.get_secret_value():
-                errors.append(f"resources.{name}.keys[{i}]: is empty")
+        errors += _resource_auth_errors(f"resources.{name}", res)
     for model, entries in config.models.items():
         if not entries:
             errors.append(f"models.{model}: needs at least one deployment")
@@ -393,6 +421,32 @@ def check_references(config: Config) -> list[str]:
     return errors
 
 
+def _resource_auth_errors(where: str, res: Resource) -> list[str]:
+    """Keys or Entra ID, never both; the Entra settings each credential needs."""
+    if res.auth == "keys":
+        if res.entra is not None:
+            return [f"{where}.entra: only used with 'auth: entra'"]
+        return [
+            f"{where}.keys[{i}]: is empty"
+            for i, k in enumerate(res.keys)
+            if not k.get_secret_value()
+        ]
+    entra = res.entra or Entra()
+    if entra.credential == "client_secret":
+        missing = [
+            f"{where}.entra.{n}: is required with credential client_secret"
+            for n in ("client_id", "tenant_id", "client_secret")
+            if not getattr(entra, n)
+        ]
+        secret = entra.client_secret
+        if secret is not None and not secret.get_secret_value():
+            missing.append(f"{where}.entra.client_secret: is empty")
+        return missing
+    if entra.client_secret is not None:
+        return [f"{where}.entra.client_secret: only used with credential client_secret"]
+    return []
+
+
 # --- the classic single-resource setup from the environment -------------------
 
 
@@ -402,7 +456,13 @@ _ENV_MEANING = {
     "AZURE_OPENAI_ENDPOINT": "the resource's URL, https://NAME.openai.azure.com",
     "AZURE_OPENAI_API_KEY": "the resource's key 1",
 }
-_ENV_ANY = (*_ENV_NEEDED, "AZURE_OPENAI_API_KEY_2", "AZURE_OPENAI_API_VERSION", ENV_GATEWAY_KEY)
+_ENV_ANY = (
+    *_ENV_NEEDED,
+    "AZURE_OPENAI_API_KEY_2",
+    "AZURE_OPENAI_API_VERSION",
+    "AZURE_OPENAI_AUTH",
+    ENV_GATEWAY_KEY,
+)
 
 
 def config_from_env(environ: Mapping[str, str]) -> Config | None:
@@ -414,9 +474,10 @@ def config_from_env(environ: Mapping[str, str]) -> Config | None:
     if not any(environ.get(name) for name in _ENV_ANY):
         return None
     endpoint = environ.get("AZURE_OPENAI_ENDPOINT", "")
+    auth = environ.get("AZURE_OPENAI_AUTH", "").strip().lower() or "keys"
     errors = [
         f"{name} is not set: {_ENV_MEANING[name]}"
-        for name in _ENV_NEEDED[:2]
+        for name in _ENV_NEEDED[: 1 if auth == "entra" else 2]  # Entra ID: no key
         if not environ.get(name)
     ]
     found = None
@@ -426,6 +487,10 @@ def config_from_env(environ: Mapping[str, str]) -> Config | None:
         except ValueError as exc:
             errors.append(f"AZURE_OPENAI_ENDPOINT: {exc}")
     keys = [environ.get("AZURE_OPENAI_API_KEY", ""), environ.get("AZURE_OPENAI_API_KEY_2", "")]
+    if auth not in ("keys", "key", "entra"):
+        errors.append(f"AZURE_OPENAI_AUTH: must be 'entra' or 'keys', got {auth!r}")
+    elif auth == "entra" and any(keys):
+        errors.append("AZURE_OPENAI_AUTH=entra: unset AZURE_OPENAI_API_KEY (keys or Entra ID)")
     keys = [k for k in keys if k]
     names = [d.strip() for d in environ.get("AZURE_OPENAI_DEPLOYMENTS", "").split(",") if d.strip()]
     if not names and found is not None and found.deployment:
@@ -435,7 +500,8 @@ def config_from_env(environ: Mapping[str, str]) -> Config | None:
     if errors:
         raise ConfigError(errors, "environment")
     version = environ.get("AZURE_OPENAI_API_VERSION")
-    resource: dict[str, Any] = {"endpoint": endpoint, "keys": keys}
+    resource: dict[str, Any] = {"endpoint": endpoint}
+    resource.update({"auth": "entra"} if auth == "entra" else {"keys": keys})
     if version:
         resource.update(api="legacy", api_version=version)
     data: dict[str, Any] = {

@@ -10,7 +10,9 @@ nothing has reached the client and a body cut short can still fail over.
 Rules (README "How failover works"):
 - candidates come from `routing.order`: priority, weight, cooling ones skipped;
 - 401/403: next key of the same resource; the key is remembered as rejected
-  for `rejected_key_ttl`;
+  for `rejected_key_ttl`. An Entra ID resource first gets one new token and
+  one retry on a 401 (`app.upstream_auth`); a resource with no valid token
+  is skipped;
 - 429: the deployment cools for the upstream's `retry-after-ms`, else
   `retry-after`, else `cooldown`; next candidate;
 - 5xx, 3xx (a redirect is never followed nor relayed), timeout, connection
@@ -63,6 +65,8 @@ log = logging.getLogger("aoai_gateway")
 THROTTLED = "throttled"
 KEY_REJECTED = "key rejected"
 KEYS_REJECTED = "keys rejected"
+TOKEN_REJECTED = "Entra ID token rejected"
+NO_TOKEN = "no Entra ID token"
 TIMEOUT = "timeout"
 
 
@@ -144,10 +148,17 @@ async def connect(
         now = time.time()
         keys = [k for k in target.keys if not state.key_rejected(k.id, now)]
         if not keys:
-            trace.failures.append((target, KEYS_REJECTED))
+            entra = bool(target.keys) and target.keys[0].entra
+            trace.failures.append((target, TOKEN_REJECTED if entra else KEYS_REJECTED))
             continue
         body = body_for(target)
+        renewed = False
         for key in keys:
+            headers = key.headers
+            if headers is None:  # an Entra ID resource without a valid token: unavailable
+                trace.failures.append((target, NO_TOKEN))
+                recorder.failover("no_token")
+                continue
             if trace.attempts >= policy.max_attempts:
                 if outlook.throttled:
                     outlook.recovers = time.time()  # this candidate is untried and ready now
@@ -155,9 +166,7 @@ async def connect(
             trace.attempts += 1
             trace.target = target
             try:
-                resp = await upstream.post(
-                    target.url, azure.request_headers(key.value), body, timeout=policy.timeouts
-                )
+                resp = await upstream.post(target.url, headers, body, timeout=policy.timeouts)
             except (TimedOut, ConnectFailed) as exc:
                 reason = TIMEOUT if isinstance(exc, TimedOut) else "connect_error"
                 recorder.upstream(target, reason)
@@ -179,6 +188,27 @@ async def connect(
                     await resp.aclose()
                     raise
             await resp.aclose()
+            if outcome is Outcome.KEY_REJECTED and key.entra:
+                if resp.status == 401 and not renewed:
+                    renewed = True  # one new token and one retry on this resource
+                    if await key.renew(headers):
+                        log.warning(
+                            "resource %s answered 401 to the Entra ID token; "
+                            "retrying once with a new token",
+                            target.resource,
+                        )
+                        keys.append(key)
+                        continue
+                state.reject_key(key.id, time.time() + policy.rejected_key_ttl)
+                log.warning(
+                    "resource %s rejected the Entra ID token (HTTP %s): the identity lacks a "
+                    "role on this resource: assign Cognitive Services OpenAI User",
+                    target.resource,
+                    resp.status,
+                )
+                trace.failures.append((target, TOKEN_REJECTED))
+                recorder.failover("token_rejected")
+                continue
             if outcome is Outcome.KEY_REJECTED:
                 state.reject_key(key.id, time.time() + policy.rejected_key_ttl)
                 log.warning(
@@ -255,10 +285,16 @@ def _give_up(trace: Trace, outlook: _Outlook, *, exhausted: bool) -> GatewayErro
             outlook.recovers - time.time(),
         )
     reasons = {reason for _, reason in trace.failures}
-    if reasons and reasons <= {KEY_REJECTED, KEYS_REJECTED}:
-        names = sorted({t.resource for t, _ in trace.failures})
+    if reasons and reasons <= {KEY_REJECTED, KEYS_REJECTED, TOKEN_REJECTED}:
+        names = ", ".join(sorted({t.resource for t, _ in trace.failures}))
+        if TOKEN_REJECTED in reasons:
+            return UpstreamKeysRejected(
+                f"Azure rejected the gateway's credentials for resource(s) {names}: update "
+                "their keys, or assign the gateway's identity the Cognitive Services OpenAI "
+                "User role."
+            )
         return UpstreamKeysRejected(
-            "Azure rejected every key of resource(s) " + ", ".join(names) + ": update their keys."
+            f"Azure rejected every key of resource(s) {names}: update their keys."
         )
     if exhausted:
         return UpstreamFailed(

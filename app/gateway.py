@@ -27,6 +27,7 @@ from app.redact import Redactor
 from app.routing import Target, build_table
 from app.state import State
 from app.upstream import Timeouts, Upstream
+from app.upstream_auth import Credentials
 from app.usage import Usage
 
 
@@ -43,6 +44,7 @@ class Services:
     recent: Recent = field(default_factory=Recent)  # the status page's window
     access_log: AccessLog | None = None
     watches: Watches = field(default_factory=Watches)  # client-disconnect listening
+    credentials: Credentials = field(default_factory=Credentials)  # Entra ID token sources
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run bookkeeping after the response without holding it up."""
@@ -60,7 +62,8 @@ class Gateway:
             {n: Price(p.input, p.output, p.cached_input) for n, p in config.pricing.items()}
         )
         services.budgets.configure({k.name: k.budget for k in config.gateway.keys if k.budget})
-        self.table: dict[str, tuple[Target, ...]] = build_table(config)
+        self.entra = services.credentials.bind(config)  # resource -> its Entra ID key
+        self.table: dict[str, tuple[Target, ...]] = build_table(config, self.entra)
         r = config.routing
         self.policy = Policy(
             max_attempts=r.max_attempts,

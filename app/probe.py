@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -30,12 +30,14 @@ import orjson
 
 from app import azure
 from app.config import Config
-from app.routing import Target, UpstreamKey, build_table
+from app.routing import Target, build_table
 from app.upstream import ConnectFailed, HttpxUpstream, TimedOut, Timeouts, Upstream
+from app.upstream_auth import Credentials, EntraKey, Key
 
 CONCURRENCY = 4
 PROMPT = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
 WORKING = ("ok", "throttled")
+ROLE_MISSING = "identity lacks a role on this resource: assign Cognitive Services OpenAI User"
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,8 @@ class Probe:
     form: str
     url: str
     reasoning: bool
-    key_label: str  # key1, key2, ...
-    key: UpstreamKey
+    key_label: str  # key1, key2, ... or entra
+    key: Key
     models: tuple[str, ...]
 
     @property
@@ -69,10 +71,10 @@ class Result:
         return self.outcome in WORKING
 
 
-def plan(config: Config) -> list[Probe]:
+def plan(config: Config, entra: Mapping[str, EntraKey] | None = None) -> list[Probe]:
     """One probe per distinct deployment URL x key, with the models it serves."""
     found: dict[tuple[str, str], tuple[Target, list[str]]] = {}
-    for model, targets in build_table(config).items():
+    for model, targets in build_table(config, entra).items():
         for t in targets:
             found.setdefault((t.url, t.deployment), (t, []))[1].append(model)
     probes = []
@@ -86,7 +88,7 @@ def plan(config: Config) -> list[Probe]:
                     form,
                     t.url,
                     t.reasoning,
-                    f"key{i}",
+                    "entra" if key.entra else f"key{i}",
                     key,
                     tuple(models),
                 )
@@ -95,11 +97,15 @@ def plan(config: Config) -> list[Probe]:
 
 
 def classify(
-    status: int, body: bytes, latency: float, retry_after: float | None
+    status: int, body: bytes, latency: float, retry_after: float | None, entra: bool = False
 ) -> tuple[str, str]:
     """(outcome, text for the table) of one answered call."""
     if 200 <= status < 300:
         return "ok", f"OK ({latency * 1000:.0f} ms)"
+    if entra and status == 401:
+        return "key_rejected", f"{ROLE_MISSING} (401)"
+    if entra and status == 403:
+        return "key_rejected", "token refused (403): check the resource's network rules"
     if status in (401, 403):
         return "key_rejected", f"key rejected ({status})"
     if status == 404:
@@ -138,12 +144,13 @@ async def _call(upstream: Upstream, p: Probe, timeouts: Timeouts) -> tuple[str, 
     body = azure.rewrite_body(
         PROMPT, deployment=p.deployment, reasoning=p.reasoning, want_usage=False
     )
+    headers = p.key.headers
+    if headers is None:  # an Entra ID resource whose token could not be obtained
+        return "no_token", "no Entra ID token (see above)"
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeouts.connect + timeouts.read):
-            resp = await upstream.post(
-                p.url, azure.request_headers(p.key.value), body, timeout=timeouts
-            )
+            resp = await upstream.post(p.url, headers, body, timeout=timeouts)
             try:
                 data = await resp.read()
             finally:
@@ -155,7 +162,7 @@ async def _call(upstream: Upstream, p: Probe, timeouts: Timeouts) -> tuple[str, 
     except Exception as exc:  # a broken body, a TLS error, ...: report it, go on
         return "error", f"error ({type(exc).__name__}: {exc})"
     latency = time.perf_counter() - started
-    return classify(resp.status, data, latency, azure.retry_after(resp.headers))
+    return classify(resp.status, data, latency, azure.retry_after(resp.headers), p.key.entra)
 
 
 async def probe_all(
@@ -206,12 +213,46 @@ def verdict(config: Config, results: Sequence[Result]) -> tuple[list[str], list[
 
 
 async def _run(config: Config, timeout: float, out: TextIO) -> int:
-    probes = plan(config)
-    total = len(probes)
-
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
+    credentials = Credentials()
+    try:
+        entra = credentials.bind(config)
+        if entra:
+            await credentials.start(wait=timeout)
+            say("")
+            say("Entra ID tokens:")
+            for line in token_lines(entra.values()):
+                say(line)
+        return await _probe_paths(config, entra, timeout, say)
+    finally:
+        await credentials.close()
+
+
+def token_lines(keys: Iterable[EntraKey]) -> list[str]:
+    """Whether each resource's identity got a token; never the token."""
+    lines = []
+    for k in keys:
+        st = k.state()
+        if st is None:
+            continue
+        if st.valid_until is not None:
+            until = time.strftime("%H:%M:%S UTC", time.gmtime(st.valid_until))
+            lines.append(
+                f"  {k.resource}: entra ({st.credential}): token obtained, valid until {until}"
+            )
+        else:
+            why = st.last_error or "no answer from the credential"
+            lines.append(f"  {k.resource}: entra ({st.credential}): NO TOKEN: {why}")
+    return lines
+
+
+async def _probe_paths(
+    config: Config, entra: Mapping[str, EntraKey], timeout: float, say: Callable[[str], None]
+) -> int:
+    probes = plan(config, entra)
+    total = len(probes)
     say("")
     say(f"probing {total} paths (resource x key x deployment), 1 token each:")
     width = len(str(total))

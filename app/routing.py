@@ -8,24 +8,15 @@ deployments still cooling down left out.
 
 from __future__ import annotations
 
-import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app import azure
 from app.config import Config
+from app.upstream_auth import EntraKey, Key, UpstreamKey, key_id, resource_keys
 
-
-@dataclass(frozen=True, slots=True)
-class UpstreamKey:
-    """One Azure key. `id` is a short hash: safe to log, store and share."""
-
-    id: str
-    value: str = ""
-
-    def __repr__(self) -> str:
-        return f"UpstreamKey({self.id})"
+__all__ = ["Target", "UpstreamKey", "allowed_models", "build_table", "key_id", "order"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +27,7 @@ class Target:
     api: str
     api_version: str | None
     url: str
-    keys: tuple[UpstreamKey, ...]
+    keys: tuple[Key, ...]  # api keys in rotation order, or the resource's Entra identity
     priority: int = 0
     weight: float = 1.0
     weighted: bool = False  # an explicit weight: draw at random within the priority
@@ -48,13 +39,13 @@ class Target:
         object.__setattr__(self, "id", f"{self.resource}/{self.deployment}")
 
 
-def key_id(resource: str, value: str) -> str:
-    digest = hashlib.sha256(f"{resource}\0{value}".encode()).hexdigest()
-    return f"{resource}#{digest[:12]}"
-
-
-def build_table(config: Config) -> dict[str, tuple[Target, ...]]:
+def build_table(
+    config: Config, entra: Mapping[str, EntraKey] | None = None
+) -> dict[str, tuple[Target, ...]]:
+    """`entra`: the resources' Entra keys bound to running token sources (the server's);
+    without it an `auth: entra` resource gets an unbound key, with no token."""
     table: dict[str, tuple[Target, ...]] = {}
+    keys_of: dict[str, tuple[Key, ...]] = {}
     for model, entries in config.models.items():
         targets = []
         for dep in entries:
@@ -63,10 +54,9 @@ def build_table(config: Config) -> dict[str, tuple[Target, ...]]:
             version = dep.api_version or res.api_version
             if api == "legacy" and not version:
                 version = azure.LEGACY_API_VERSION
-            keys = tuple(
-                UpstreamKey(key_id(dep.resource, k.get_secret_value()), k.get_secret_value())
-                for k in res.keys
-            )
+            keys = keys_of.get(dep.resource)
+            if keys is None:
+                keys = keys_of[dep.resource] = resource_keys(dep.resource, res, entra)
             reasoning = dep.reasoning
             if reasoning is None:
                 reasoning = azure.is_reasoning(dep.deployment) or azure.is_reasoning(model)

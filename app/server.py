@@ -164,6 +164,7 @@ class Server:
         await usage.start()
         self.gateway = Gateway(config, self.services)
         await budgets.start()  # after the gateway: it says which keys have budgets
+        await self.services.credentials.start()  # first Entra ID tokens; failures are logged
         self.loaded_at = int(time.time())
         loop = asyncio.get_running_loop()
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
@@ -183,6 +184,7 @@ class Server:
             await s.budgets.close()
             await s.usage.close()
             await s.state.close()
+            await s.credentials.close()
             s.watches.close()
             await s.upstream.aclose()
             if s.access_log is not None:
@@ -205,6 +207,7 @@ class Server:
         if old is not None and config.state != old.config.state:
             log.warning("state: settings changed; they take effect at the next restart")
         self.gateway = Gateway(config, self.services)
+        self.services.spawn(self.services.credentials.start(wait=0))  # new Entra ID settings
         self.reloads += 1
         log.info("configuration reloaded: %d models", len(config.models))
         return True

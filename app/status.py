@@ -5,7 +5,8 @@ table, cooldowns and rejected keys from the state, recent attempts from
 `app.recent`, today's usage - into a `View`; `render` turns a `View` into HTML
 with `templates/status.html` (a `string.Template`) and an inline SVG chart.
 Every value put in the page goes through `html.escape`. Key values never
-reach it: keys are shown as `key1`, `key2` and their hash id.
+reach it: keys are shown as `key1`, `key2` and their hash id; an Entra ID
+resource as `entra`, its token's validity and last refresh error, never the token.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from app.errors import Forbidden, Unauthorized
 from app.gateway import Gateway
 from app.recent import HEALTH_WINDOW, MINUTES, Health, per_minute, summarize
 from app.report import cost_usd
+from app.upstream_auth import EntraKey, TokenState
 from app.usage import FIELDS, UNPRICED, today
 
 log = logging.getLogger("aoai_gateway")
@@ -35,9 +37,15 @@ DASH = "\u2013"
 
 @dataclass
 class KeyView:
-    label: str  # key1, key2, ...
+    label: str  # key1, key2, ... or entra
     id: str  # resource#hash, safe to show
     rejected_until: float | None
+    token: TokenState | None = None  # an Entra ID resource's token: validity, last error
+
+    @property
+    def usable(self) -> bool:
+        no_token = self.token is not None and self.token.valid_until is None
+        return self.rejected_until is None and not no_token
 
 
 @dataclass
@@ -98,7 +106,9 @@ async def collect(gw: Gateway, loaded_at: float, now: float | None = None) -> Vi
                     weight=f"{t.weight:g}" if t.weighted else "",
                     cooling_until=cooling.get(t.id),
                     keys=[
-                        KeyView(f"key{i}", k.id, rejected.get(k.id))
+                        KeyView("entra", k.id, rejected.get(k.id), k.state())
+                        if isinstance(k, EntraKey)
+                        else KeyView(f"key{i}", k.id, rejected.get(k.id))
                         for i, k in enumerate(t.keys, start=1)
                     ],
                     health=health.get(t.id, Health()),
@@ -170,7 +180,7 @@ def badge(kind: str, text: str, title: str = "") -> str:
 
 
 def health_cell(d: DeploymentView, now: float) -> str:
-    usable = [k for k in d.keys if k.rejected_until is None]
+    usable = [k for k in d.keys if k.usable]
     h = d.health
     if d.cooling_until is not None:
         left = max(0, round(d.cooling_until - now))
@@ -179,6 +189,8 @@ def health_cell(d: DeploymentView, now: float) -> str:
             return badge("bad", f"failing ({h.last_error}), {cooling}")
         return badge("warn", cooling)
     if not usable:
+        if any(k.token is not None and k.rejected_until is None for k in d.keys):
+            return badge("bad", "no Entra ID token")
         return badge("bad", "every key rejected")
     if h.streak:  # the latest attempts failed: failing now, whatever the 15-minute rate says
         tried = "the last attempt" if h.streak == 1 else f"the last {h.streak} attempts"
@@ -193,7 +205,9 @@ def health_cell(d: DeploymentView, now: float) -> str:
 def keys_cell(d: DeploymentView, now: float) -> str:
     parts = []
     for k in d.keys:
-        if k.rejected_until is None:
+        if k.token is not None and k.rejected_until is None:
+            parts.append(token_cell(k.token))
+        elif k.rejected_until is None:
             parts.append(badge("ok", k.label, k.id))
         else:
             left = max(0, round(k.rejected_until - now))
@@ -205,6 +219,18 @@ def keys_cell(d: DeploymentView, now: float) -> str:
                 )
             )
     return " ".join(parts)
+
+
+def token_cell(t: TokenState) -> str:
+    """An Entra ID token's state: until when it is valid, the last refresh error."""
+    if t.valid_until is None:
+        out = badge("bad", "entra: no token", t.credential)
+    else:
+        out = badge("ok", f"entra token valid until {clock(t.valid_until)}", t.credential)
+    if t.last_error is not None:
+        when = f" at {clock(t.last_error_at)}" if t.last_error_at else ""
+        out += f'<div class="muted small">last refresh error{when}: {e(t.last_error)}</div>'
+    return out
 
 
 def models_table(view: View) -> str:

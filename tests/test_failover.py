@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -20,6 +21,8 @@ from app.gateway import Gateway
 from app.routing import Target, build_table
 from app.state import MemoryState
 from app.upstream import HttpxUpstream, Timeouts
+from app.upstream_auth import Credentials, EntraKey
+from tests.test_upstream_auth import Script
 
 EAST = "https://east.example.com/openai/v1/chat/completions"
 WEST = "https://west.example.com/openai/v1/chat/completions"
@@ -359,7 +362,7 @@ async def test_rejected_key_is_tried_again_after_its_ttl(mock: respx.MockRouter)
 
 
 def test_rejected_key_ttl_defaults_to_five_minutes_and_is_configurable() -> None:
-    services: Any = None
+    services: Any = SimpleNamespace(credentials=Credentials())
     assert Gateway(Config(), services).policy.rejected_key_ttl == 300.0
     config = Config.model_validate({"routing": {"rejected_key_ttl": 42}})
     assert Gateway(config, services).policy.rejected_key_ttl == 42.0
@@ -498,3 +501,85 @@ async def test_cancelled_request_touches_no_state(mock: respx.MockRouter) -> Non
     assert state.rejected_keys(now) == {}
     assert not west.called
     assert recorder.failovers == []
+
+
+# --- Entra ID resources (app.upstream_auth) -------------------------------------------
+
+
+@pytest.fixture
+async def entra_table() -> AsyncIterator[tuple[dict[str, tuple[Target, ...]], Script]]:
+    """east authenticates with Entra ID (scripted credential), west with keys."""
+    script = Script()
+    config = Config.model_validate(
+        {
+            "resources": {
+                "east": {"endpoint": "https://east.example.com", "auth": "entra"},
+                "west": {"endpoint": "https://west.example.com", "keys": ["west-k1"]},
+            },
+            "models": {"gpt-4o": ["east/gpt-4o", "west/gpt-4o"], "east-only": ["east/gpt-4o"]},
+        }
+    )
+    creds = Credentials(script.factory)
+    entra = creds.bind(config)
+    await creds.start()
+    yield build_table(config, entra), script
+    await creds.close()
+
+
+def bearers(route: respx.Route) -> list[str]:
+    return [call.request.headers["authorization"] for call in route.calls]
+
+
+@pytest.mark.anyio
+async def test_entra_401_gets_a_new_token_and_one_retry_on_the_same_resource(
+    mock: respx.MockRouter, entra_table: tuple[dict[str, tuple[Target, ...]], Script]
+) -> None:
+    tables, script = entra_table
+    east = mock.post(EAST).mock(
+        side_effect=[httpx.Response(401), httpx.Response(200, json=OK_BODY)]
+    )
+    west = mock.post(WEST).respond(200, json=OK_BODY)
+    (status, _), trace = await run(tables["gpt-4o"], MemoryState())
+    assert status == 200 and trace.attempts == 2 and not west.called
+    assert bearers(east) == ["Bearer tok-1", "Bearer tok-2"]
+    assert all("api-key" not in c.request.headers for c in east.calls)
+    assert script.issued == 2
+
+
+@pytest.mark.anyio
+async def test_entra_401_again_after_the_new_token_fails_over_and_is_remembered(
+    mock: respx.MockRouter, entra_table: tuple[dict[str, tuple[Target, ...]], Script]
+) -> None:
+    tables, _ = entra_table
+    east = mock.post(EAST).respond(401)
+    west = mock.post(WEST).respond(200, json=OK_BODY)
+    state = MemoryState()
+    recorder = Recorder()
+    (status, _), trace = await run(tables["gpt-4o"], state, recorder=recorder)
+    assert status == 200
+    assert east.call_count == 2 and keys_used(west) == ["west-k1"]  # one retry, then failover
+    assert trace.failures[0][1] == "Entra ID token rejected"
+    assert "token_rejected" in recorder.failovers
+    assert state.key_rejected("east#entra", time.time())
+    with pytest.raises(UpstreamKeysRejected) as info:  # remembered: east is not called again
+        await run(tables["east-only"], state)
+    assert east.call_count == 2
+    assert "Cognitive Services OpenAI User" in info.value.message
+
+
+@pytest.mark.anyio
+async def test_entra_resource_without_a_token_is_skipped(
+    mock: respx.MockRouter, entra_table: tuple[dict[str, tuple[Target, ...]], Script]
+) -> None:
+    tables, _ = entra_table
+    east = mock.post(EAST).respond(200, json=OK_BODY)
+    west = mock.post(WEST).respond(200, json=OK_BODY)
+    key = tables["gpt-4o"][0].keys[0]
+    assert isinstance(key, EntraKey) and key.source is not None
+    key.source._headers = None  # as after a failed start-up fetch
+    (status, _), trace = await run(tables["gpt-4o"], MemoryState())
+    assert status == 200 and not east.called and west.called
+    assert trace.failures[0][1] == "no Entra ID token"
+    with pytest.raises(UpstreamFailed) as info:
+        await run(tables["east-only"], MemoryState())
+    assert info.value.status == 502 and "no Entra ID token" in info.value.message
