@@ -785,4 +785,4 @@ def test_env_quickstart_with_entra() -> None:
     ]
     with pytest.raises(ConfigError) as info:
         config_from_env({**base, "AZURE_OPENAI_AUTH": "aad"})
-    assert info.value.errors == ["AZURE_OPENAI_AUTH: must be 'entra' or 'keys', got 'aad'"]
+    assert "AZURE_OPENAI_AUTH: must be 'entra' or 'keys', got 'aad'" in info.value.errors
