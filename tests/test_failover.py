@@ -362,7 +362,9 @@ async def test_rejected_key_is_tried_again_after_its_ttl(mock: respx.MockRouter)
 
 
 def test_rejected_key_ttl_defaults_to_five_minutes_and_is_configurable() -> None:
-    services: Any = SimpleNamespace(credentials=Credentials())
+    services: Any = SimpleNamespace(
+        credentials=Credentials(), budgets=SimpleNamespace(configure=lambda limits: None)
+    )
     assert Gateway(Config(), services).policy.rejected_key_ttl == 300.0
     config = Config.model_validate({"routing": {"rejected_key_ttl": 42}})
     assert Gateway(config, services).policy.rejected_key_ttl == 42.0
