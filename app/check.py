@@ -1,10 +1,9 @@
 """What `aoai-gateway check` prints: the routing table, the gateway keys, notes, warnings.
 
 Pure functions of a validated `Config` (and the address `serve` will listen
-on): names, URL forms, limits and hash ids, how each resource authenticates, never a
-secret. `warnings` is also
-logged by `serve` at startup, so a configuration that loads but cannot work
-as meant is said out loud in both places.
+on): names, URL forms, limits, hash ids and how each resource authenticates,
+never a secret. `warnings` is also logged by `serve` at startup, so a
+configuration that loads but cannot work as meant is said out loud in both places.
 """
 
 from __future__ import annotations
