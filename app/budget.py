@@ -40,6 +40,13 @@ REFRESH = 1.0  # seconds between two reads of the spend from the store
 THRESHOLDS = (80, 100)  # percent of the budget that log a warning, once per period
 
 
+_ALERTS = {
+    80: "budget: key '%s' has used %d%% of its budget of %s (%s spent since %s; resets at %s)",
+    100: "budget: key '%s' has used %d%% of its budget of %s (%s spent since %s); its "
+    "requests are refused until %s",
+}
+
+
 def period_bounds(period: str, now: float) -> tuple[str, float]:
     """(first UTC day of the period holding `now` as YYYY-MM-DD, epoch second it resets)."""
     return _bounds(period, int(now // 86400))
@@ -170,23 +177,16 @@ class Budgets:
     def _observe(self, name: str, budget: Budget, start: str, spent: int, now: float) -> None:
         self.metrics.budget(name, spent / max(limit_nano(budget), 1))
         level = alert_level(spent, budget)
-        if level <= self._alerted.get((name, start), 0):
+        known = self._alerted.get((name, start), 0)
+        if level <= known:
             return
         self._alerted[(name, start)] = level
-        self.metrics.budget_alert(name, level)
         _, reset = period_bounds(budget.period, now)
-        if level >= 100:
-            log.warning(
-                "budget: key '%s' has used its budget of %s (%s spent since %s); its requests "
-                "are refused until %s",
-                name, describe(budget), dollars(spent), start, stamp(reset),
-            )  # fmt: skip
-        else:
-            log.warning(
-                "budget: key '%s' has used %d%% of its budget of %s (%s spent since %s; "
-                "resets at %s)",
-                name, level, describe(budget), dollars(spent), start, stamp(reset),
-            )  # fmt: skip
+        for threshold in THRESHOLDS:  # a jump past both still says both
+            if known < threshold <= level:
+                self.metrics.budget_alert(name, threshold)
+                log.warning(_ALERTS[threshold], name, threshold, describe(budget), dollars(spent),
+                            start, stamp(reset))  # fmt: skip
 
     async def start(self) -> None:
         await self.sync()

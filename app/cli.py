@@ -1,4 +1,4 @@
-"""`aoai-gateway serve | check [--probe] | demo | hash-key`.
+"""`aoai-gateway serve | check [--probe] | demo | usage | hash-key`.
 
 Configuration errors print one line per problem and exit 2, never a traceback.
 """
@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from app import __version__
 from app.check import describe, warnings
@@ -141,6 +142,47 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    """The usage and cost report, read from the store: no running server needed."""
+    import asyncio
+    import datetime as dt
+
+    from app.report import render
+    from app.server import DEFAULT_USAGE_PATH, default_store
+    from app.usage import StoreUnavailable
+
+    if args.since is not None:
+        try:
+            dt.date.fromisoformat(args.since)
+        except ValueError:
+            print(f"--since: '{args.since}' is not a date (YYYY-MM-DD)", file=sys.stderr)
+            return 2
+    config = load_config(args)
+    path = config.state.path or DEFAULT_USAGE_PATH
+    if not config.state.redis_url and not Path(path).exists():
+        print(
+            f"no usage store at {path} (state.path, relative to where the gateway runs): "
+            "nothing recorded yet, or run this where the gateway runs",
+            file=sys.stderr,
+        )
+        return 1
+    store = default_store(config)
+
+    async def read() -> Any:
+        try:
+            return await store.read(args.since)
+        finally:
+            await store.close()
+
+    try:
+        rows = asyncio.run(read())
+    except StoreUnavailable as exc:
+        print(f"the usage store did not answer: {exc}", file=sys.stderr)
+        return 1
+    print(render(rows, args.by, args.format, args.since))
+    return 0
+
+
 class _Help(argparse.HelpFormatter):
     """Every option's help ends with its default, when it has one worth showing."""
 
@@ -229,6 +271,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--host", default="127.0.0.1", help="loopback address the demo listens on")
     d.add_argument("--port", type=int, default=8000, help="TCP port")
     d.set_defaults(func=cmd_demo)
+
+    u = sub.add_parser(
+        "usage",
+        help="usage and cost per key, model or day, read from the store (no server needed)",
+        formatter_class=_Help,
+    )
+    with_config(u)
+    u.add_argument("--since", metavar="DATE", help="from this UTC day on (YYYY-MM-DD)")
+    u.add_argument("--by", choices=["key", "model", "day"], default="key", help="one row per")
+    u.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output")
+    u.set_defaults(func=cmd_usage)
 
     h = sub.add_parser(
         "hash-key", help="print the sha256 of a gateway key, for key_sha256:", formatter_class=_Help

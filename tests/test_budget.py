@@ -144,7 +144,7 @@ async def test_costs_count_at_once_and_warn_once_at_80_and_100(
     await budgets.sync(now)  # the same levels again: no new warning
     lines = [r.getMessage() for r in caplog.records]
     assert sum("has used 80% of its budget of $1.00 per day" in m for m in lines) == 1, lines
-    assert sum("has used its budget of $1.00 per day" in m for m in lines) == 1, lines
+    assert sum("has used 100% of its budget of $1.00 per day" in m for m in lines) == 1, lines
     text = budgets.metrics.render().decode()
     assert 'aoai_gateway_budget_alerts_total{key="alice",threshold="80"} 1.0' in text
     assert 'aoai_gateway_budget_alerts_total{key="alice",threshold="100"} 1.0' in text

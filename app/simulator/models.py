@@ -31,6 +31,8 @@ _MODEL_VERSIONS: Final[Mapping[str, str]] = MappingProxyType(
         "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
         "o3-mini": "o3-mini-2025-01-31",
         "gpt-5.2-chat": "gpt-5.2-chat-2025-12-11",
+        # Azure's model router answers with the model it routed to
+        "model-router": "gpt-4.1-nano-2025-04-14",
     }
 )
 

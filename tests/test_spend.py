@@ -1,0 +1,239 @@
+"""Cost and budgets through the real gateway, driven with the openai SDK: cost in
+/admin/usage, metrics, the status page and the access log; router-style answers; unpriced
+models; `aoai-gateway usage` in each format; budget refusals shared by two gateways on one
+Redis and kept across a restart."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import datetime as dt
+import io
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import GATEWAY_KEY, ROOT, SIM_KEYS, Sim, start_sim, stop
+from tests.redis_support import private_db
+
+ADMIN_KEY = "test-gateway-key-ops"
+HELLO = [{"role": "user", "content": "hello there"}]  # 5 prompt + 4 completion tokens
+# gpt-4o priced by `pricing:` below at $5 / $20 per 1M: 5 x 5000 + 4 x 20000 nano-dollars
+GPT4O_CALL = 105_000
+NANO_CALL = 5 * 100 + 4 * 400  # the router's choice, gpt-4.1-nano: $0.10 / $0.40 (built in)
+
+
+@pytest.fixture(scope="module")
+def azure() -> Iterator[Sim]:
+    """One simulated resource with a model router, a fine-tune nobody priced and a PTU."""
+    sim = start_sim(
+        "eastus", "--deployments", "gpt-4o,model-router,my-finetune,ptu", "--latency", "0.4"
+    )
+    yield sim
+    stop(sim.proc)
+
+
+def _config(sim: Sim, **key: Any) -> dict[str, Any]:
+    return {
+        "gateway": {
+            "keys": [
+                {"name": "alice", "key": GATEWAY_KEY, **key},
+                {"name": "ops", "key": ADMIN_KEY, "admin": True},
+            ]
+        },
+        "resources": {"eastus": {"endpoint": sim.url, "keys": list(SIM_KEYS)}},
+        "models": {
+            "gpt-4o": ["eastus/gpt-4o"],
+            "auto": ["eastus/model-router"],
+            "house": ["eastus/my-finetune"],
+            "gpt-4o-ptu": ["eastus/ptu"],
+        },
+        "pricing": {
+            "gpt-4o": {"input": 5, "cached_input": 2.5, "output": 20},  # over the built-in 2.50/10
+            "eastus/ptu": {"input": 0, "output": 0},
+        },
+    }
+
+
+def _admin(gw: Any, path: str, **params: str) -> httpx.Response:
+    return httpx.get(gw.url + path, headers={"api-key": ADMIN_KEY}, params=params, timeout=5)
+
+
+def _cli(gw: Any, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "usage", "--config", str(gw.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cost_everywhere_usage_is_shown(azure: Sim, start_gateway: Any) -> None:
+    gw = start_gateway(_config(azure))
+    client = openai.OpenAI(base_url=gw.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    for _ in client.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True):
+        pass
+    routed = client.chat.completions.create(model="auto", messages=HELLO)
+    assert routed.model == "gpt-4.1-nano-2025-04-14"  # the router says what answered
+    client.chat.completions.create(model="house", messages=HELLO)
+    client.chat.completions.create(model="gpt-4o-ptu", messages=HELLO)
+
+    body = _admin(gw, "/admin/usage").json()
+    alice = body["keys"]["alice"]
+    assert alice["gpt-4o"]["requests"] == 2
+    assert alice["gpt-4o"]["cost_usd"] == pytest.approx(2 * GPT4O_CALL / 1e9)
+    assert alice["auto"]["cost_usd"] == pytest.approx(NANO_CALL / 1e9)  # not unpriced "auto"
+    assert alice["house"]["cost_usd"] is None and alice["house"]["unpriced_requests"] == 1
+    assert alice["gpt-4o-ptu"]["cost_usd"] == 0 and alice["gpt-4o-ptu"]["unpriced_requests"] == 0
+    totals = body["totals"]
+    assert totals["all"]["cost_usd"] == pytest.approx((2 * GPT4O_CALL + NANO_CALL) / 1e9)
+    assert totals["all"]["unpriced_requests"] == 1 and totals["all"]["requests"] == 5
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    assert body["days"][today]["alice"]["auto"] == alice["auto"]
+    assert totals["days"][today] == totals["all"] and totals["keys"]["alice"] == totals["all"]
+    assert body["prices_as_of"][:2] == "20"
+
+    metrics = httpx.get(gw.url + "/metrics", timeout=5).text
+    assert (
+        f'aoai_gateway_cost_usd_total{{key="alice",model="gpt-4o"}} {2 * GPT4O_CALL / 1e9}'
+        in metrics
+    )
+    assert 'aoai_gateway_unpriced_requests_total{key="alice",model="house"} 1.0' in metrics
+
+    page = _admin(gw, "/status").text
+    assert "cost (USD)" in page and f"{2 * GPT4O_CALL / 1e9:.6f}" in page and "unpriced" in page
+
+    gw.stop()
+    lines = [json.loads(x) for x in gw.logs().splitlines() if x.startswith('{"request_id"')]
+    by_model = {(x["model"], x["stream"]): x for x in lines}
+    assert by_model[("gpt-4o", False)]["cost_usd"] == pytest.approx(GPT4O_CALL / 1e9)
+    assert by_model[("gpt-4o", True)]["cost_usd"] == pytest.approx(GPT4O_CALL / 1e9)
+    assert by_model[("auto", False)]["cost_usd"] == pytest.approx(NANO_CALL / 1e9)
+    assert by_model[("house", False)]["cost_usd"] is None
+    assert by_model[("house", False)]["unpriced"] is True
+
+    # the same numbers from the store, with no server running
+    report = json.loads(_cli(gw, "--format", "json", "--by", "model", "--since", today))
+    assert report["rows"]["gpt-4o"]["cost_usd"] == pytest.approx(2 * GPT4O_CALL / 1e9)
+    assert report["rows"]["house"]["cost_usd"] is None
+    assert report["total"] == pytest.approx(totals["all"])
+    rows = list(csv.DictReader(io.StringIO(_cli(gw, "--format", "csv", "--by", "day"))))
+    assert [r["day"] for r in rows] == [today, "TOTAL"]
+    assert float(rows[1]["cost_usd"]) == pytest.approx((2 * GPT4O_CALL + NANO_CALL) / 1e9)
+    assert rows[1]["unpriced_requests"] == "1" and rows[1]["requests"] == "5"
+    table = _cli(gw, "--by", "model").splitlines()
+    assert table[0].split() == [
+        "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "CACHED", "REASONING", "COST_USD"
+    ]  # fmt: skip
+    assert next(x for x in table if x.startswith("house")).endswith("unpriced")
+    assert table[-1].startswith("TOTAL") and table[-1].endswith(
+        f"{(2 * GPT4O_CALL + NANO_CALL) / 1e9:.6f} + 1 unpriced"
+    )
+    assert (
+        _cli(gw, "--since", "2999-01-01").splitlines()[2] == "(no usage recorded since 2999-01-01)"
+    )
+
+
+def _seconds_to_midnight() -> float:
+    now = dt.datetime.now(dt.UTC)
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
+    return (midnight - now).total_seconds()
+
+
+def _refused(client: openai.OpenAI) -> openai.RateLimitError:
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    return caught.value
+
+
+def test_a_spent_budget_is_refused_and_stays_refused_after_a_restart(
+    azure: Sim, start_gateway: Any, tmp_path: Path
+) -> None:
+    # two calls are below the budget, the third reaches it
+    config = _config(azure, budget={"usd": 3 * GPT4O_CALL / 1e9, "period": "day"})
+    config["state"] = {"path": str(tmp_path / "kept.db")}
+    gw = start_gateway(config)
+    client = openai.OpenAI(base_url=gw.base_url, api_key=GATEWAY_KEY)  # default retries
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    upstream = azure.stats()["requests"]
+    err = _refused(client)
+    assert err.status_code == 429 and err.code == "insufficient_quota"
+    assert err.type == "insufficient_quota"
+    assert "Budget exceeded for key 'alice'" in err.message and "per day (UTC)" in err.message
+    assert "resets at " + (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat() in (
+        err.message
+    )
+    wait = int(err.response.headers["retry-after"])
+    assert abs(wait - _seconds_to_midnight()) < 5
+    assert err.response.headers["x-should-retry"] == "false"
+    assert azure.stats()["requests"] == upstream  # nothing went upstream, no SDK retries
+    # another key is not affected
+    ops = openai.OpenAI(base_url=gw.base_url, api_key=ADMIN_KEY, max_retries=0)
+    assert ops.chat.completions.create(model="gpt-4o", messages=HELLO).choices
+    logs = gw.logs()
+    assert "key 'alice' has used 80% of its budget" in logs
+    assert "key 'alice' has used 100% of its budget" in logs  # 67% -> 100%: both lines
+
+    gw.stop()
+    again = start_gateway(config)  # the spend is read from the store before serving
+    client = openai.OpenAI(base_url=again.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    assert _refused(client).code == "insufficient_quota"
+    assert azure.stats()["requests"] == upstream + 1  # only ops's call
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_two_gateways_on_one_redis_refuse_once_the_shared_budget_is_spent(
+    azure: Sim, start_gateway: Any
+) -> None:
+    with private_db() as redis_url:
+        # each gateway's own three calls stay below the budget: only the shared spend reaches it
+        config = _config(azure, budget={"usd": 4 * GPT4O_CALL / 1e9, "period": "month"})
+        config["state"] = {"redis_url": redis_url}
+        one, two = start_gateway(config), start_gateway(config)
+        clients = [
+            openai.OpenAI(base_url=gw.base_url, api_key=GATEWAY_KEY, max_retries=0)
+            for gw in (one, two)
+        ]
+        # six calls at once, three per gateway: all admitted below the budget, and none cut
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            calls = [
+                pool.submit(clients[i % 2].chat.completions.create, model="gpt-4o", messages=HELLO)
+                for i in range(6)
+            ]
+            assert all(c.result().choices for c in calls)
+        # once the spend is shared, both gateways refuse: each read the other's spend
+        deadline = time.monotonic() + 10
+        refused: set[int] = set()
+        while time.monotonic() < deadline and len(refused) < 2:
+            for i, client in enumerate(clients):
+                try:
+                    client.chat.completions.create(model="gpt-4o", messages=HELLO)
+                except openai.RateLimitError as exc:
+                    assert exc.code == "insufficient_quota"
+                    refused.add(i)
+            time.sleep(0.2)
+        assert refused == {0, 1}
+        upstream = azure.stats()["requests"]
+        for client in clients:
+            assert _refused(client).code == "insufficient_quota"
+        assert azure.stats()["requests"] == upstream
+        # every admitted call was counted once, wherever it ran
+        spent = _admin(two, "/admin/usage").json()["totals"]["keys"]["alice"]
+        assert spent["cost_usd"] >= 6 * GPT4O_CALL / 1e9
+        assert spent["cost_usd"] == pytest.approx(spent["requests"] * GPT4O_CALL / 1e9)
+        one.stop()
+        two.stop()
