@@ -14,7 +14,9 @@ Layout (one file per operation, shared pieces beside them):
   ``route`` function, a ``handle`` coroutine), `Target` (what a path names), `Call`.
 * ``resource.py`` -- `SimConfig`, `Stats` and the resource's mutable state (faults, keys,
   recorded requests): everything the control API reads or resets.
-* ``faults.py``   -- `Fault`, its JSON form, and the modes applied before an answer.
+* ``faults.py``   -- `Fault`, its JSON form, and the modes applied before an answer;
+  ``hostile.py`` -- those of an upstream misbehaving on purpose (closes after reading,
+  echoes the api-key, redirects, huge or dripping bodies, huge headers or SSE lines).
 * ``auth.py``     -- which api keys are accepted (and revoked).
 * ``errors.py``   -- Azure's error bodies; ``asgi.py`` -- body reading and `Reply`, the one
   writer of HTTP responses; ``models.py`` -- reasoning-model rules and reply text helpers.
@@ -37,8 +39,9 @@ usual v1 + legacy one), an ``async handle(call) -> status | None``
 and ``OPERATION = Operation(name=<Azure operation name>, route=..., handle=...)`` (with
 ``deployment_of`` if some routes name a stored object rather than a deployment); add it to
 ``server.OPERATIONS``; test it in ``tests/simulator/test_<operation>.py``. Auth, deployment
-checks, counters, recording and the early faults (429, 500, content_filter, hang, slow) then
-apply to it unchanged; answer-shaping faults (``drop``, ``annotations``) are the handler's.
+checks, counters, recording and the early faults (429, 500, content_filter, hang, slow, and
+the misbehaving upstream of ``hostile.py``) then apply to it unchanged; answer-shaping
+faults (``drop``, ``annotations``) are the handler's.
 A new fault mode goes in ``faults.py`` (``FAULT_MODES`` and `early_fault`, or the handlers
 that shape it); a new kind of upstream credential goes beside ``auth.py``.
 """

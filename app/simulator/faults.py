@@ -2,22 +2,25 @@
 
 A `Fault` is consumed by the first request whose deployment it matches (``"*"``: any).
 `early_fault` applies the modes that act before an answer exists (429, 500,
-content_filter, hang, slow); the modes that shape an answer (``drop``, ``annotations``)
-are applied by the operation that writes it, since only it knows its wire format.
+content_filter, hang, slow, and the misbehaving upstream of `hostile`: close, echo,
+redirect, huge_body, drip, huge_headers, huge_line); the modes that shape an answer
+(``drop``, ``annotations``) are applied by the operation that writes it, since only it
+knows its wire format.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from app.simulator import errors
+from app.simulator import errors, hostile
 from app.simulator.asgi import Headers, Reply, wait_disconnect
 
 FAULT_MODES: Final = frozenset(
-    {"429", "500", "hang", "drop", "content_filter", "annotations", "slow"}
+    {"429", "500", "hang", "drop", "content_filter", "annotations", "slow", *hostile.MODES}
 )
 
 
@@ -32,12 +35,15 @@ class Fault:
     retry_after_ms: int | None = None
     after_chunks: int = 2
     delay: float = 0.0
+    size: int = 0  # bytes, for huge_body, huge_headers and huge_line
 
     def __post_init__(self) -> None:
         if self.mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {self.mode!r}")
         if self.count is not None and self.count < 0:
             raise ValueError("count must be >= 0")
+        if self.size < 0:
+            raise ValueError("size must be >= 0")
 
 
 def fault_from_json(obj: Any) -> Fault:
@@ -59,6 +65,7 @@ def fault_from_json(obj: Any) -> Fault:
         "retry_after_ms": (int, type(None)),
         "after_chunks": (int,),
         "delay": (int, float),
+        "size": (int,),
     }
     for name, value in kwargs.items():
         if not isinstance(value, checks[name]) or isinstance(value, bool):
@@ -98,13 +105,18 @@ def take_fault(faults: list[Fault], deployment: str) -> Fault | None:
     return None
 
 
-async def early_fault(fault: Fault, reply: Reply, operation: str) -> int | None:
+async def early_fault(
+    fault: Fault, reply: Reply, operation: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> int | None:
     """Apply a fault that acts before the answer; 0 means go on normally.
 
-    Returns the status sent, or None if the client left while the fault held it.
-    ``operation`` is Azure's operation name quoted in the 429 message.
+    Returns the status sent, or None if the client left while the fault held it (or
+    the fault closed the connection). ``operation`` is Azure's operation name quoted
+    in the 429 message; ``headers`` are the request's (the ``echo`` mode quotes them).
     """
     mode = fault.mode
+    if mode in hostile.MODES:
+        return await hostile.answer(mode, reply, list(headers), fault.size, fault.delay)
     if mode == "429":
         extra, seconds = retry_headers(fault)
         return await reply.json(429, errors.too_many_requests(operation, seconds), extra)

@@ -174,7 +174,7 @@ class Simulator(Resource):
 
         fault = take_fault(self.faults, deployment) if self.faults else None
         if fault is not None:
-            status = await early_fault(fault, reply, operation.name)
+            status = await early_fault(fault, reply, operation.name, headers)
             if status != 0:
                 return status
         call = Call(self, reply, target, query, deployment, data, fault, form)
