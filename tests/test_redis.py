@@ -394,3 +394,56 @@ def test_gateways_keep_serving_when_redis_dies_mid_run(
         logs = gw.logs()
         assert logs.count("unreachable") == 1, logs
         assert "Traceback" not in logs
+
+
+@pytest.mark.slow
+def test_usage_equals_answered_requests_across_a_frozen_redis(
+    sim: Any, own_redis: RedisServer, start_gateway: Any
+) -> None:
+    """Issue 10: Redis frozen for 5 s under load double-counted usage (24,809 requests
+    recorded for 21,593 answered). Load through one gateway while its Redis is
+    SIGSTOPped mid-run; every answered request is recorded exactly once."""
+    config = _team_config(sim, own_redis.url)
+    config["gateway"]["keys"][0].pop("rpm")  # no limits: the load never waits on Redis
+    gw = start_gateway(config)
+    answered = 0
+    stop_at = time.monotonic() + 9
+
+    async def load() -> None:
+        nonlocal answered
+        async with httpx.AsyncClient(headers={"api-key": GATEWAY_KEY}, timeout=30) as client:
+
+            async def one_client() -> None:
+                nonlocal answered
+                while time.monotonic() < stop_at:
+                    r = await client.post(gw.base_url + "/chat/completions", json=CHAT)
+                    answered += r.status_code == 200
+
+            await asyncio.gather(*(one_client() for _ in range(8)))
+
+    async def freeze() -> None:
+        await asyncio.sleep(2.5)  # a flush or two landed
+        own_redis.pause()
+        try:
+            await asyncio.sleep(4.5)  # flushes time out (2 s) while writes wait in Redis
+        finally:
+            own_redis.pause(False)
+
+    async def run() -> None:
+        await asyncio.gather(load(), freeze())
+
+    asyncio.run(run())
+    gw.stop()  # flushes what is left
+    assert answered > 100
+    logs = gw.logs()
+    assert "usage: store failed" in logs  # the freeze did stall a flush
+    recorded = asyncio.run(_stored_usage(own_redis.url))
+    assert recorded["alice"]["gpt-4o"]["requests"] == answered
+
+
+async def _stored_usage(url: str) -> dict[str, Any]:
+    usage = Usage(RedisStore(url))
+    try:
+        return await usage.report()
+    finally:
+        await usage.close()
