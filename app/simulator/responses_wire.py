@@ -164,12 +164,13 @@ def _reasoning_error(data: Mapping[str, Any], reasoning: bool) -> bytes | None:
                 )
         return None
     config = data.get("reasoning")
-    if isinstance(config, dict) and config.get("effort") is not None:
-        return invalid_request(
-            "Unsupported parameter: 'reasoning.effort' is not supported with this model.",
-            "reasoning.effort",
-            "unsupported_parameter",
-        )
+    for name, value in config.items() if isinstance(config, dict) else ():
+        if value is not None:
+            return invalid_request(
+                f"Unsupported parameter: 'reasoning.{name}' is not supported with this model.",
+                f"reasoning.{name}",
+                "unsupported_parameter",
+            )
     include = data.get("include")
     if isinstance(include, list) and _ENCRYPTED in include:
         return invalid_request(

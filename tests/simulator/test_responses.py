@@ -20,6 +20,7 @@ AUTH = {"api-key": KEY}
 V1 = "/openai/v1/responses"
 LEGACY = "/openai/responses?api-version=2025-04-01-preview"
 ENCRYPTED = "reasoning.encrypted_content"
+UNSUPPORTED = "unsupported_parameter"
 EVENTS = [
     "response.created",
     "response.in_progress",
@@ -156,10 +157,11 @@ def test_max_output_tokens_makes_it_incomplete(regions: dict[str, Sim], oai: Cli
 @pytest.mark.parametrize(
     ("model", "extra", "param", "code"),
     [
-        ("o3-mini", {"temperature": 0.2}, "temperature", "unsupported_parameter"),
-        ("o3-mini", {"top_p": 0.5}, "top_p", "unsupported_parameter"),
-        ("gpt-4o", {"reasoning": {"effort": "high"}}, "reasoning.effort", "unsupported_parameter"),
-        ("gpt-4o", {"include": [ENCRYPTED]}, "include", "unsupported_parameter"),
+        ("o3-mini", {"temperature": 0.2}, "temperature", UNSUPPORTED),
+        ("o3-mini", {"top_p": 0.5}, "top_p", UNSUPPORTED),
+        ("gpt-4o", {"reasoning": {"effort": "high"}}, "reasoning.effort", UNSUPPORTED),
+        ("gpt-4o", {"reasoning": {"summary": "auto"}}, "reasoning.summary", UNSUPPORTED),
+        ("gpt-4o", {"include": [ENCRYPTED]}, "include", UNSUPPORTED),
         ("gpt-4o", {"max_output_tokens": 8}, "max_output_tokens", "integer_below_min_value"),
         ("gpt-4o", {"input": 3}, "input", "invalid_type"),
     ],
