@@ -43,7 +43,7 @@ def group(rows: Tally, by: By) -> dict[str, Counters]:
     out: dict[str, Counters] = {}
     for row in sorted(rows):
         add(out.setdefault(row[axis], dict.fromkeys(COLUMNS, 0)), rows[row])
-    return out
+    return dict(sorted(out.items()))
 
 
 def cost_usd(counts: Mapping[str, int]) -> float | None:
