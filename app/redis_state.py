@@ -15,10 +15,12 @@ one replica is therefore seen by the others within `refresh` plus one round
 trip (under a second with the defaults).
 
 `admit()` is the one call that waits on Redis: one script that trims the
-window, checks rpm and tpm and counts the request, atomically, bounded by
-`timeout`. Every admitted request and every token count is also kept in the
-mirror, so when Redis is unreachable the gateway carries on with this
-replica's own windows (MemoryState semantics): it logs the outage once, sets
+window, checks rpm and tpm, counts the request and reserves its estimated
+tokens, atomically, bounded by `timeout`. `settle()` turns the reservation into
+the tokens used (`_SETTLE`), in the bucket it was made in. Every admitted
+request and every token count is also kept in the mirror, so when Redis is
+unreachable the gateway carries on with this replica's own windows
+(MemoryState semantics): it logs the outage once, sets
 `aoai_gateway_state_backend_up{backend="redis"}` to 0, sends nothing more to
 Redis until a background ping succeeds, then pushes the cooldowns it learnt
 meanwhile and logs the recovery. No request ever waits on a dead Redis for
@@ -33,6 +35,7 @@ import itertools
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
@@ -75,8 +78,9 @@ return 0
 """
 
 # KEYS[1] request zset, KEYS[2] token buckets; ARGV: now, rpm or '', tpm or '',
-# member, window. Returns nil when admitted (and counted), else the seconds to
-# wait as a string (a Lua number would be truncated to an integer).
+# member, window, tokens to reserve. Returns nil when admitted (counted, and the
+# tokens reserved in the bucket of second floor(now)), else the seconds to wait
+# as a string (a Lua number would be truncated to an integer).
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[5])
@@ -104,7 +108,25 @@ if tpm then
 end
 redis.call('ZADD', KEYS[1], now, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+local reserve = tonumber(ARGV[6])
+if reserve and reserve > 0 then
+  redis.call('HINCRBY', KEYS[2], tostring(math.floor(now)), reserve)
+  redis.call('PEXPIRE', KEYS[2], math.ceil(window * 1000) + 2000)
+end
 return false
+"""
+
+# KEYS[1] token buckets; ARGV: the reservation's bucket ('' if none), used minus
+# reserved, the current bucket, used, ttl (ms). A reservation still in its
+# bucket becomes `used` there; one already trimmed away counts `used` now.
+_SETTLE = """
+if ARGV[1] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+elseif tonumber(ARGV[4]) > 0 then
+  redis.call('HINCRBY', KEYS[1], ARGV[3], ARGV[4])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 0
 """
 
 _TTL_MS = int(WINDOW * 1000) + 2000  # token buckets outlive the window a little
@@ -159,6 +181,9 @@ class RedisState:
         self._tpm = prefix + "tpm:"
         self._merge = self.redis.register_script(_MERGE)
         self._admit = self.redis.register_script(_ADMIT)
+        self._settle = self.redis.register_script(_SETTLE)
+        # reservations made in Redis, by (name, admitted at): settled there
+        self._reserved: Counter[tuple[str, float]] = Counter()
         self._ids = itertools.count()
         self._me = os.urandom(4).hex()
         self._up: bool | None = None  # None until the first answer or failure
@@ -238,10 +263,12 @@ class RedisState:
             self._mark_down(exc)
 
     # limits ------------------------------------------------------------------
-    async def admit(self, name: str, rpm: int | None, tpm: int | None, now: float) -> float | None:
+    async def admit(
+        self, name: str, rpm: int | None, tpm: int | None, now: float, reserve: int = 0
+    ) -> float | None:
         if self._up is not False:
             member = f"{now!r}:{self._me}:{next(self._ids)}"
-            args = [repr(now), rpm or "", tpm or "", member, repr(WINDOW)]
+            args = [repr(now), rpm or "", tpm or "", member, repr(WINDOW), max(reserve, 0)]
             try:
                 async with asyncio.timeout(self.timeout * 2):
                     wait = await self._admit(keys=[self._rpm + name, self._tpm + name], args=args)
@@ -250,9 +277,30 @@ class RedisState:
             else:
                 if wait is not None:
                     return float(wait)
-                self.local.admit_now(name, None, None, now)  # keep the local window warm
+                if reserve > 0:
+                    self._reserved[(name, now)] += 1
+                # keep the local window warm
+                self.local.admit_now(name, None, None, now, reserve)
                 return None
-        return self.local.admit_now(name, rpm, tpm, now)
+        return self.local.admit_now(name, rpm, tpm, now, reserve)
+
+    async def settle(self, name: str, at: float, reserved: int, used: int, now: float) -> None:
+        self.local.settle_now(name, at, reserved, used, now)
+        where = (name, at)
+        remote = reserved > 0 and self._reserved[where] > 0
+        if remote:
+            self._reserved[where] -= 1
+            if not self._reserved[where]:
+                del self._reserved[where]
+        if self._up is False or (not remote and used <= 0):
+            return  # a reservation made locally stays local; Redis learns nothing new
+        bucket = str(int(at)) if remote else ""
+        args: list[str | int] = [bucket, used - reserved, str(int(now)), max(used, 0), _TTL_MS]
+        try:
+            async with asyncio.timeout(self.timeout * 2):
+                await self._settle(keys=[self._tpm + name], args=args)
+        except UNREACHABLE as exc:
+            self._mark_down(exc)
 
     async def add_tokens(self, name: str, tokens: int, now: float) -> None:
         if tokens <= 0:

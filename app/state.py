@@ -4,6 +4,12 @@ The hot path reads cooldowns and rejected keys synchronously (a dict lookup);
 writes and limit checks may go to a shared backend. `MemoryState` keeps it in
 this process; `app.redis_state.RedisState` shares it across replicas.
 Times are wall-clock seconds (`time.time()`), so replicas agree on them.
+
+`tpm` is a cap under concurrency too (issue 10: 30 parallel streams on
+`tpm: 50` were all admitted): `admit` reserves a request's estimated tokens
+in the window at once, and `settle` replaces the estimate with what the
+request used once it is known, so requests in flight count before their
+usage arrives and the window overshoots by at most one request's estimate.
 """
 
 from __future__ import annotations
@@ -25,9 +31,15 @@ class State(Protocol):
     def key_rejected(self, key_id: str, now: float) -> bool: ...
     def reject_key(self, key_id: str, until: float) -> None: ...
     def rejected_keys(self, now: float) -> dict[str, float]: ...
-    async def admit(self, name: str, rpm: int | None, tpm: int | None, now: float) -> float | None:
-        """Count one request of `name`; if over a limit, count nothing and say
-        how many seconds until it would fit."""
+    async def admit(
+        self, name: str, rpm: int | None, tpm: int | None, now: float, reserve: int = 0
+    ) -> float | None:
+        """Count one request of `name` and reserve `reserve` tokens for it; if over
+        a limit, count nothing and say how many seconds until it would fit."""
+        ...
+
+    async def settle(self, name: str, at: float, reserved: int, used: int, now: float) -> None:
+        """The request admitted at `at` with `reserved` tokens used `used`."""
         ...
 
     async def add_tokens(self, name: str, tokens: int, now: float) -> None: ...
@@ -55,6 +67,21 @@ class _Window:
 
     def wait(self, now: float) -> float:
         return self.events[0][0] + WINDOW - now if self.events else 0.0
+
+    def settle(self, at: float, reserved: int, used: int, now: float) -> None:
+        """Turn the reservation made at `at` into `used`; if it has left the
+        window already, count `used` now."""
+        events = self.events
+        for i in range(len(events) - 1 if reserved > 0 else -1, -1, -1):
+            t, amount = events[i]
+            if t < at:
+                break
+            if t == at and amount >= reserved:
+                events[i] = (t, amount - reserved + used)
+                self.total += used - reserved
+                return
+        if used > 0:
+            self.add(now, used)
 
 
 class MemoryState:
@@ -94,10 +121,14 @@ class MemoryState:
         self._rejected.pop(key_id, None)
 
     # limits ------------------------------------------------------------------
-    async def admit(self, name: str, rpm: int | None, tpm: int | None, now: float) -> float | None:
-        return self.admit_now(name, rpm, tpm, now)
+    async def admit(
+        self, name: str, rpm: int | None, tpm: int | None, now: float, reserve: int = 0
+    ) -> float | None:
+        return self.admit_now(name, rpm, tpm, now, reserve)
 
-    def admit_now(self, name: str, rpm: int | None, tpm: int | None, now: float) -> float | None:
+    def admit_now(
+        self, name: str, rpm: int | None, tpm: int | None, now: float, reserve: int = 0
+    ) -> float | None:
         requests = self._requests.get(name)
         if requests is None:
             requests = self._requests[name] = _Window()
@@ -111,19 +142,30 @@ class MemoryState:
                 if tokens.total >= tpm:
                     return tokens.wait(now)
         requests.add(now, 1)
+        if reserve > 0:
+            self._token_window(name, now).add(now, reserve)
         return None
+
+    def _token_window(self, name: str, now: float) -> _Window:
+        window = self._tokens.get(name)
+        if window is None:
+            window = self._tokens[name] = _Window()
+        window.trim(now)
+        return window
+
+    async def settle(self, name: str, at: float, reserved: int, used: int, now: float) -> None:
+        self.settle_now(name, at, reserved, used, now)
+
+    def settle_now(self, name: str, at: float, reserved: int, used: int, now: float) -> None:
+        if reserved > 0 or used > 0:
+            self._token_window(name, now).settle(at, max(reserved, 0), max(used, 0), now)
 
     async def add_tokens(self, name: str, tokens: int, now: float) -> None:
         self.add_tokens_now(name, tokens, now)
 
     def add_tokens_now(self, name: str, tokens: int, now: float) -> None:
-        if tokens <= 0:
-            return
-        window = self._tokens.get(name)
-        if window is None:
-            window = self._tokens[name] = _Window()
-        window.trim(now)
-        window.add(now, tokens)
+        if tokens > 0:
+            self._token_window(name, now).add(now, tokens)
 
     async def start(self) -> None:
         return None

@@ -87,6 +87,29 @@ async def test_two_replicas_share_one_tpm_window(redis_url: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_two_replicas_reserve_and_settle_in_one_tpm_window(redis_url: str) -> None:
+    a, b = RedisState(redis_url, Metrics()), RedisState(redis_url, Metrics())
+    await a.start()
+    await b.start()
+    try:
+        now = time.time()
+        admitted = []
+        for i in range(10):  # in flight at once on two replicas: reservations count
+            replica = (a, b)[i % 2]
+            if await replica.admit("alice", None, 50, now + i / 100, 12) is None:
+                admitted.append((replica, now + i / 100))
+        assert len(admitted) == 5  # 5 x 12 = 60 >= 50: one estimate over, no more
+        for replica, at in admitted:  # each used 5: 25 left, so more fit again
+            await replica.settle("alice", at, 12, 5, now + 0.5)
+        assert await b.admit("alice", None, 50, now + 0.6, 12) is None
+        await b.settle("alice", now + 0.6, 12, 30, now + 0.7)  # 25 + 30 = 55
+        assert await a.admit("alice", None, 50, now + 0.8, 12) is not None
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.anyio
 async def test_cooldowns_and_rejected_keys_reach_the_other_replica(redis_url: str) -> None:
     a = RedisState(redis_url, Metrics(), refresh=0.1)
     b = RedisState(redis_url, Metrics(), refresh=0.1)

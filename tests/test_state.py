@@ -44,6 +44,43 @@ def test_tpm_refuses_once_the_window_holds_tpm_tokens() -> None:
     assert s.admit_now("alice", None, 100, 61.5) is None  # 40 left in the window
 
 
+def test_tpm_reserves_each_admitted_requests_estimate_until_it_settles() -> None:
+    """Issue 10: concurrent requests were all admitted, none having used tokens yet."""
+    s = MemoryState()
+    admitted = [t for t in range(30) if s.admit_now("alice", None, 50, float(t) / 100, 12) is None]
+    assert admitted == [0, 1, 2, 3, 4]  # 5 x 12 = 60: the window overshoots by one estimate
+    # they finish: each used 5 tokens, so 25 are left in the window and more fit
+    for t in admitted:
+        s.settle_now("alice", float(t) / 100, 12, 5, 1.0)
+    for _ in range(3):  # 25 -> 37 -> 49 -> 61
+        assert s.admit_now("alice", None, 50, 1.0, 12) is None
+    assert s.admit_now("alice", None, 50, 1.0, 12) is not None
+
+
+def test_settle_without_a_reservation_adds_what_was_used() -> None:
+    s = MemoryState()
+    assert s.admit_now("alice", None, 10, 0.0) is None
+    s.settle_now("alice", 0.0, 0, 10, 1.0)
+    assert s.admit_now("alice", None, 10, 2.0) == pytest.approx(59.0)  # counted at 1.0
+
+
+def test_a_reservation_that_left_the_window_counts_its_usage_now() -> None:
+    s = MemoryState()
+    assert s.admit_now("alice", None, 100, 0.0, 90) is None
+    assert s.admit_now("alice", None, 100, 61.0, 5) is None  # the 90 left at 60
+    s.settle_now("alice", 0.0, 90, 120, 62.0)  # a 62 s stream used 120
+    assert s.admit_now("alice", None, 100, 63.0) is not None
+    assert s.admit_now("alice", None, 100, 122.5) is None
+
+
+async def test_admit_and_settle_through_the_protocol() -> None:
+    s = MemoryState()
+    assert await s.admit("alice", None, 20, 0.0, 30) is None
+    assert await s.admit("alice", None, 20, 0.1, 30) is not None
+    await s.settle("alice", 0.0, 30, 0, 0.2)  # failed: nothing used, the reservation goes
+    assert await s.admit("alice", None, 20, 0.3, 30) is None
+
+
 def test_no_limits_always_admits_and_counts() -> None:
     s = MemoryState()
     for i in range(100):
