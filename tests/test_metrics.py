@@ -22,6 +22,7 @@ CONTRACT = {
     "aoai_gateway_requests": {"model", "key", "status"},
     "aoai_gateway_upstream_requests": {"resource", "deployment", "status"},
     "aoai_gateway_tokens": {"key", "model", "type"},
+    "aoai_gateway_cost_usd": {"key", "model"},
     "aoai_gateway_request_duration_seconds": {"model"},
     "aoai_gateway_time_to_first_token_seconds": {"model"},
     "aoai_gateway_failovers": {"reason"},

@@ -183,6 +183,8 @@ def test_a_spent_budget_is_refused_and_stays_refused_after_a_restart(
     # another key is not affected
     ops = openai.OpenAI(base_url=gw.base_url, api_key=ADMIN_KEY, max_retries=0)
     assert ops.chat.completions.create(model="gpt-4o", messages=HELLO).choices
+    page = _admin(gw, "/status").text
+    assert "<td>alice</td><td>" in page and "refusing requests" in page
     logs = gw.logs()
     assert "key 'alice' has used 80% of its budget" in logs
     assert "key 'alice' has used 100% of its budget" in logs  # 67% -> 100%: both lines

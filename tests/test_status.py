@@ -8,7 +8,16 @@ import pytest
 
 from app.recent import MINUTES, Health, Recent, event_of, median, per_minute, summarize
 from app.routing import Target, UpstreamKey
-from app.status import DeploymentView, KeyView, View, health_cell, render, rpm_chart
+from app.status import (
+    BudgetView,
+    DeploymentView,
+    KeyView,
+    View,
+    budgets_table,
+    health_cell,
+    render,
+    rpm_chart,
+)
 
 
 def target(resource: str, deployment: str = "gpt-4o") -> Target:
@@ -149,6 +158,33 @@ def test_render_escapes_names_and_shows_keys_by_label_only() -> None:
     assert "25%" in page and "200 ms" in page
     assert "<td>alice</td><td>gpt-4o</td>" in page and "1,234" in page
     assert "$" not in page.replace("$$", "")  # every template placeholder was filled
+
+
+def test_cost_and_budgets_on_the_page() -> None:
+    view = View(
+        now=1_800_000_000.0,
+        loaded_at=1_799_999_000.0,
+        backend="memory",
+        models={},
+        usage={
+            "alice": {
+                "gpt-4o": {"requests": 2, "cost_nusd": 1_234_500},
+                "house": {"requests": 1, "unpriced_requests": 1},
+            }
+        },
+        usage_day="2027-01-15",
+        rpm=[],
+        budgets=[
+            BudgetView("alice", "50.00 USD per month (UTC)", 51.5, 1.03, "2027-01-01", "x"),
+            BudgetView("<bob>", "5.00 USD per day (UTC)", 4.1, 0.82, "2027-01-15", "y"),
+        ],
+        prices_as_of="2026-12-01",
+    )
+    page = render(view)
+    assert "cost (USD)" in page and "0.001234" in page and ">unpriced<" in page
+    assert "prices as of 2026-12-01" in page
+    assert "refusing requests" in page and "82% used" in page and "&lt;bob&gt;" in page
+    assert "No gateway key has a budget" in budgets_table(View(0, 0, "memory", {}, {}, "", []))
 
 
 def test_rpm_chart_stacks_failed_on_served() -> None:
