@@ -20,6 +20,7 @@ from app import __version__
 from app.check import describe, warnings
 from app.config import ENV_GATEWAY_KEY, Config, ConfigError, resolve_path
 from app.envfile import load_env_file
+from app.listener import GatewayProtocol
 from app.loopback import exposure_error, is_loopback
 from app.server import ENV_HOST, Server, make_loader
 
@@ -66,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=GatewayProtocol,  # uvicorn's httptools protocol with the caller limits
         access_log=False,
         log_level=args.log_level,
         timeout_graceful_shutdown=args.grace,

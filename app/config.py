@@ -81,6 +81,12 @@ class GatewaySettings(_Model):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     # an upstream answer read whole (not streamed) larger than this fails the attempt
     max_upstream_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    # What one caller's connection may hold (app/listener.py; README, Security).
+    max_head_bytes: int = Field(default=64 * 1024, ge=1024)
+    head_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=60.0, gt=0)
+    keep_alive_timeout: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
 
 
 Api = Literal["v1", "legacy"]

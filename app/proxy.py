@@ -1,7 +1,8 @@
 """The hot path: `POST .../chat/completions` as a plain ASGI handler.
 
 Authenticate from the headers, read the body (an unknown caller never gets a
-byte of it read: 401 and the connection is closed), parse once with orjson,
+byte of it read: its 401 goes out at once and app/listener.py drops the rest of
+the body and closes), parse once with orjson,
 pick the deployments,
 open the upstream response through `failover.connect`, then relay it: a body
 as bytes, a stream event by event through `relay.SSEFilter`. Nothing here
@@ -85,6 +86,10 @@ def limits_text(rpm: int | None, tpm: int | None) -> str:
     return ", ".join(f"{n} {v}" for n, v in (("rpm", rpm), ("tpm", tpm)) if v is not None)
 
 
+class HungUp(Exception):
+    """The client went away before its request body was complete."""
+
+
 def new_request_id() -> str:
     return os.urandom(12).hex()
 
@@ -100,20 +105,20 @@ async def handle_chat(
     assert task is not None
     watch = Watch(receive, task, rec)
     watches = gw.services.watches
-    body_read = False
     try:
         try:
             caller = authenticate(gw, headers)
             rec.key = caller.name
             body = await _read_body(gw, headers, receive)
-            body_read = True
             watches.arm(watch)
             await _serve(gw, caller, body, path_model, rec, send)
+        except HungUp:
+            rec.status = 499  # hung up while sending its body: nobody to answer
+            rec.error = "client_disconnected"
         except GatewayError as exc:
             rec.status = exc.status
             rec.error = exc.code or exc.type
-            # A body left unread is not read at all: the connection closes after the answer.
-            await send_error(send, exc, rec.request_id, close=not body_read)
+            await send_error(send, exc, rec.request_id)
         except Exception:
             log.exception("request %s failed inside the gateway", rec.request_id)
             rec.error = "internal_error"
@@ -158,13 +163,15 @@ async def _read_body(gw: Gateway, headers: dict[bytes, bytes], receive: Receive)
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
+        if message["type"] == "http.disconnect":
+            raise HungUp
         return body
     parts = [body]
     size = len(body)
     while message.get("more_body"):
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
+            raise HungUp
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > gw.max_body:
@@ -355,9 +362,7 @@ def _broken(rec: Record, exc: StreamBroken) -> GatewayError:
     return UpstreamFailed(f"The upstream deployment {where} failed mid-response: {exc}")
 
 
-async def send_error(
-    send: Send, exc: GatewayError, request_id: str, *, close: bool = False
-) -> None:
+async def send_error(send: Send, exc: GatewayError, request_id: str) -> None:
     body = exc.body()
     headers = [
         (b"content-type", b"application/json"),
@@ -365,8 +370,6 @@ async def send_error(
         (b"x-request-id", request_id.encode("latin-1")),
         *exc.headers(),
     ]
-    if close:
-        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

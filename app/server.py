@@ -32,6 +32,7 @@ from app.cors import CORS
 from app.errors import MethodNotAllowed
 from app.gateway import Gateway, Services
 from app.h1 import H1Upstream
+from app.listener import LIMITS_KEY, Limits
 from app.loopback import exposure_error
 from app.metrics import Metrics
 from app.proxy import Message, Receive, Scope, Send, handle_chat, new_request_id, send_error
@@ -95,6 +96,7 @@ class Server:
         self.api = build_api(self.current, lambda: self.loaded_at)
         self._app = CORS(self._dispatch, self._origins)
         self._watcher: asyncio.Task[None] | None = None
+        self._listener_state: dict[str, Any] | None = None
 
     def current(self) -> Gateway:
         if self.gateway is None:
@@ -107,7 +109,7 @@ class Server:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await self._lifespan(scope, receive, send)
         else:
             await self._app(scope, receive, send)
 
@@ -131,7 +133,9 @@ class Server:
         await self.api(scope, receive, send)
 
     # lifecycle ---------------------------------------------------------------
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # uvicorn hands this dict to every new connection: the listener's limits go there.
+        self._listener_state = scope.get("state")
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -162,7 +166,7 @@ class Server:
             self.services.access_log = AccessLog()
         await state.start()
         await usage.start()
-        self.gateway = Gateway(config, self.services)
+        self._use(config)
         await budgets.start()  # after the gateway: it says which keys have budgets
         await self.services.credentials.start()  # first Entra ID tokens; failures are logged
         self.loaded_at = int(time.time())
@@ -206,11 +210,17 @@ class Server:
         old = self.gateway
         if old is not None and config.state != old.config.state:
             log.warning("state: settings changed; they take effect at the next restart")
-        self.gateway = Gateway(config, self.services)
+        self._use(config)
         self.services.spawn(self.services.credentials.start(wait=0))  # new Entra ID settings
         self.reloads += 1
         log.info("configuration reloaded: %d models", len(config.models))
         return True
+
+    def _use(self, config: Config) -> None:
+        assert self.services is not None
+        self.gateway = Gateway(config, self.services)
+        if self._listener_state is not None:  # new connections take the new limits
+            self._listener_state[LIMITS_KEY] = Limits.of(config.gateway)
 
     def _load(self) -> Config:
         """The configuration, if it is valid and safe to serve on this server's address."""

@@ -206,43 +206,50 @@ def base_config(sims: dict[str, Sim], **over: Any) -> dict[str, Any]:
     return config
 
 
+def launch_gateway(
+    where: Path,
+    n: int,
+    config: dict[str, Any] | None,
+    *args: str,
+    env: dict[str, str] | None = None,
+    key: str | None = GATEWAY_KEY,
+    wait: bool = True,
+) -> Gateway:
+    """`aoai-gateway serve` on a free port, with its config, usage db and log in `where`."""
+    config_path = where / f"gateway-{n}.yaml"
+    if config is not None:
+        config = dict(config)
+        config.setdefault("state", {"path": str(where / f"usage-{n}.db")})
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    log_path = where / f"gateway-{n}.log"
+    cmd = [sys.executable, "-m", "app", "serve", "--port", str(port)]
+    if config is not None:
+        cmd += ["--config", str(config_path)]
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_OPENAI_")}
+    run_env.pop("AOAI_GATEWAY_CONFIG", None)
+    run_env.update(env or {})
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*cmd, *args], cwd=where, env=run_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    gw = Gateway(port, proc, config_path, log_path, key=key)
+    if wait:
+        try:
+            wait_http(gw.url + "/healthz", proc)
+        except RuntimeError as exc:
+            gw.stop()
+            raise RuntimeError(f"{exc}\n--- gateway log ---\n{gw.logs()}") from None
+    return gw
+
+
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
 
-    def start(
-        config: dict[str, Any] | None,
-        *args: str,
-        env: dict[str, str] | None = None,
-        key: str | None = GATEWAY_KEY,
-        wait: bool = True,
-    ) -> Gateway:
-        n = len(started)
-        config_path = tmp_path / f"gateway-{n}.yaml"
-        if config is not None:
-            config = dict(config)
-            config.setdefault("state", {"path": str(tmp_path / f"usage-{n}.db")})
-            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        port = free_port()
-        log_path = tmp_path / f"gateway-{n}.log"
-        cmd = [sys.executable, "-m", "app", "serve", "--port", str(port)]
-        if config is not None:
-            cmd += ["--config", str(config_path)]
-        run_env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_OPENAI_")}
-        run_env.pop("AOAI_GATEWAY_CONFIG", None)
-        run_env.update(env or {})
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [*cmd, *args], cwd=tmp_path, env=run_env, stdout=log, stderr=subprocess.STDOUT
-            )
-        gw = Gateway(port, proc, config_path, log_path, key=key)
-        started.append(gw)
-        if wait:
-            try:
-                wait_http(gw.url + "/healthz", proc)
-            except RuntimeError as exc:
-                raise RuntimeError(f"{exc}\n--- gateway log ---\n{gw.logs()}") from None
-        return gw
+    def start(config: dict[str, Any] | None, *args: str, **kw: Any) -> Gateway:
+        started.append(launch_gateway(tmp_path, len(started), config, *args, **kw))
+        return started[-1]
 
     yield start
     for gw in started:

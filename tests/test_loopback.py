@@ -18,7 +18,7 @@ import yaml
 
 from app.config import validate
 from app.loopback import exposure_error, is_loopback
-from tests.conftest import GATEWAY_KEY, base_config, wait_for
+from tests.conftest import GATEWAY_KEY, base_config, wait_for, wait_http
 
 REFUSED = "refusing to serve on 0.0.0.0: no gateway.keys are configured"
 
@@ -78,10 +78,11 @@ def test_a_keyless_reload_on_a_public_listener_is_refused(
 
 @pytest.mark.slow
 def test_a_keyless_reload_is_refused_by_every_worker(sim: Any, start_gateway: Any) -> None:
-    gw = start_gateway(base_config(sim), "--host", "0.0.0.0", "--workers", "2")
+    gw = start_gateway(base_config(sim), "--host", "0.0.0.0", "--workers", "2", wait=False)
+    wait_http(gw.url + "/healthz", gw.proc, timeout=60)  # two spawned workers: slow when loaded
     keyless(gw)
     gw.send_signal(signal.SIGHUP)  # uvicorn's supervisor starts new workers on it
-    assert wait_for(lambda: "aborting the restart" in gw.logs()), gw.logs()
+    assert wait_for(lambda: "aborting the restart" in gw.logs(), timeout=60), gw.logs()
     assert REFUSED in gw.logs()
     assert gw.proc.poll() is None
     for _ in range(6):  # both old workers still serve, with keys
