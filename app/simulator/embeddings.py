@@ -12,8 +12,10 @@ float32 bytes, as OpenAI sends them (the openai SDK asks for base64 by default).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import math
+import struct
 import sys
 from array import array
 from collections.abc import Mapping
@@ -110,23 +112,28 @@ def validate(data: Mapping[str, Any], deployment: str) -> bytes | None:
     return None
 
 
-def vector(item: str | list[int], size: int) -> array[float]:
-    """A deterministic unit vector of ``size`` float32 values for one input."""
-    seed = item.encode() if isinstance(item, str) else orjson.dumps(item)
+@functools.lru_cache(maxsize=1024)
+def vector_bytes(seed: bytes, size: int) -> bytes:
+    """A deterministic unit vector of ``size`` little-endian float32 values for one input.
+
+    Pure, so memoized: the same input costs its Python loops once, which keeps the
+    simulator's own cost per request small next to the gateway it measures.
+    """
     raw = hashlib.shake_256(seed).digest(size)
-    values = [b - 127.5 for b in raw]
-    norm = math.sqrt(sum(v * v for v in values)) or 1.0
-    return array("f", [v / norm for v in values])
+    norm = math.sqrt(sum((b - 127.5) ** 2 for b in raw)) or 1.0
+    return struct.pack(f"<{size}f", *[(b - 127.5) / norm for b in raw])
 
 
-def encode(vec: array[float], fmt: str) -> Any:
-    """A vector as JSON numbers, or as base64 of little-endian float32."""
-    if fmt != "base64":
-        return vec.tolist()
+def encode(item: str | list[int], size: int, fmt: str) -> Any:
+    """One input's vector as JSON numbers, or as base64 of little-endian float32."""
+    data = vector_bytes(item.encode() if isinstance(item, str) else orjson.dumps(item), size)
+    if fmt == "base64":
+        return base64.b64encode(data).decode()
+    vec = array("f")
+    vec.frombytes(data)
     if sys.byteorder != "little":
-        vec = array("f", vec)
         vec.byteswap()
-    return base64.b64encode(vec.tobytes()).decode()
+    return vec.tolist()
 
 
 def count_tokens(items: list[str | list[int]]) -> int:
@@ -143,7 +150,7 @@ def embeddings_json(data: Mapping[str, Any], deployment: str) -> bytes:
     body = {
         "object": "list",
         "data": [
-            {"object": "embedding", "index": i, "embedding": encode(vector(item, size), fmt)}
+            {"object": "embedding", "index": i, "embedding": encode(item, size, fmt)}
             for i, item in enumerate(items)
         ],
         "model": deployment,
