@@ -14,8 +14,8 @@ A `TokenSource` wraps one `azure.identity.aio` credential, shared by every
 resource with the same `entra:` settings (`Credentials` keeps one per
 distinct settings and survives reloads). It fetches the token at start-up,
 then refreshes it in the background before it expires (at the credential's
-`refresh_on`, else `REFRESH_MARGIN` before expiry, a third of the lifetime
-for short-lived tokens), retrying with backoff when the identity endpoint
+`refresh_on`, else `REFRESH_MARGIN` before expiry, half-way for short-lived
+tokens), retrying with backoff when the identity endpoint
 fails. Requests only read the current headers; nothing fetches a token on the
 hot path except `renew()` after a 401, at most once per `RENEW_INTERVAL`.
 
@@ -159,9 +159,9 @@ def describe_settings(s: Entra) -> str:
 
 def refresh_at(obtained: float, expires_on: float, refresh_on: float | None) -> float:
     """When to replace a token: the credential's `refresh_on` if it gave one,
-    else `REFRESH_MARGIN` before expiry (a third of the lifetime when shorter)."""
+    else `REFRESH_MARGIN` before expiry (half-way through a shorter lifetime)."""
     lifetime = max(0.0, expires_on - obtained)
-    at = expires_on - min(REFRESH_MARGIN, lifetime / 3)
+    at = expires_on - min(REFRESH_MARGIN, lifetime / 2)
     if refresh_on is not None and obtained < refresh_on < at:
         at = refresh_on
     return at

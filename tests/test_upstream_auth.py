@@ -84,7 +84,7 @@ def config(resources: dict[str, Any]) -> Config:
 
 def test_refresh_at_margin_third_of_short_lifetimes_and_refresh_on() -> None:
     assert refresh_at(0, 3600, None) == 3600 - REFRESH_MARGIN
-    assert refresh_at(0, 9, None) == 6  # a short-lived token: a third before expiry
+    assert refresh_at(0, 9, None) == 4.5  # a short-lived token: half-way
     assert refresh_at(0, 86400, 43200) == 43200  # the credential's recommendation
     assert refresh_at(0, 3600, 7200) == 3600 - REFRESH_MARGIN  # later than the margin: ignored
 

@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, SimConfig]:
     p.add_argument("--chunk-delay", type=float, default=d.chunk_delay)
     p.add_argument("--latency", type=float, default=d.latency)
     p.add_argument("--reply", default=None, help="fixed reply text")
+    p.add_argument("--token-ttl", type=float, default=d.token_ttl, help="s an Entra token lives")
+    p.add_argument("--identity-header", default=d.identity_header, help="IDENTITY_HEADER")
     a = p.parse_args(argv)
     config = SimConfig(
         keys=a.keys,
@@ -68,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, SimConfig]:
         chunk_delay=a.chunk_delay,
         latency=a.latency,
         reply=a.reply,
+        token_ttl=a.token_ttl,
+        identity_header=a.identity_header,
     )
     return a.host, a.port, config
 

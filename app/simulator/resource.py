@@ -1,7 +1,8 @@
 """One simulated Azure resource's configuration and mutable state, and its control API.
 
-Everything a test can change or read back lives here: faults, revoked keys, request
-counters and the last requests received. `Simulator` (server.py) serves HTTP on top.
+Everything a test can change or read back lives here: faults, revoked keys, the
+simulated Entra ID (`entra.Identity`), request counters and the last requests
+received. `Simulator` (server.py) serves HTTP on top.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import orjson
 
 from app.simulator.asgi import Headers, header, parse_or_none
 from app.simulator.auth import Keys
+from app.simulator.entra import Identity
 from app.simulator.faults import Fault
 from app.simulator.forms import parse_form
 from app.simulator.store import ResponseStore
@@ -47,6 +49,9 @@ class SimConfig:
     chunk_delay: float = 0.0
     latency: float = 0.0
     reply: str | None = None
+    token_ttl: float = 3600.0  # s a token from the identity endpoint lives
+    identity_header: str = "sim-identity-header"  # IDENTITY_HEADER of the identity endpoint
+    entra_secret: str = "sim-entra-secret"  # shared by every simulator of a test session
 
     def __post_init__(self) -> None:
         if self.chunks < 1:
@@ -77,6 +82,8 @@ class Resource:
         self.stats = Stats()
         self.faults: list[Fault] = []
         self.keys = Keys(self.config.keys)
+        c = self.config
+        self.identity = Identity(c.entra_secret, c.identity_header, c.token_ttl)
         self.deployments = frozenset(self.config.deployments)
         self.responses = ResponseStore()
         self.base_headers: Headers = [(b"x-ms-region", self.config.region.encode())]
@@ -97,6 +104,7 @@ class Resource:
         self.faults.clear()
         self.responses.clear()
         self.keys.reset()
+        self.identity.reset()
         self.stats = Stats(in_flight=self.stats.in_flight)
         self._recorded.clear()
 

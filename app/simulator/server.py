@@ -1,10 +1,10 @@
-"""The ASGI app: admin routes under ``/_sim/``, and the pipeline every operation shares.
+"""The ASGI app: admin routes under ``/_sim/``, the simulated managed-identity token
+endpoint (``entra.IDENTITY_PATH``), and the pipeline every operation shares.
 
 For an API request, in Azure's order: record it, wait ``latency``, find the operation
-whose ``route`` takes the request line (else 404), check the key (401), the deployment
-the path names (404 DeploymentNotFound), the JSON or multipart body and its ``model``
-(400/404),
-count it, apply an early fault, then let the operation answer.
+whose ``route`` takes the request line (else 404), check the key or Entra ID token
+(401), the deployment the path names (404 DeploymentNotFound), the JSON or multipart
+body and its ``model`` (400/404), count it, apply an early fault, then let the operation answer.
 """
 
 from __future__ import annotations
@@ -14,7 +14,16 @@ from typing import Any, Final
 
 import orjson
 
-from app.simulator import chat, embeddings, errors, images, responses, speech, transcription
+from app.simulator import (
+    chat,
+    embeddings,
+    entra,
+    errors,
+    images,
+    responses,
+    speech,
+    transcription,
+)
 from app.simulator.asgi import (
     Headers,
     Receive,
@@ -60,7 +69,7 @@ class Simulator(Resource):
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/_sim/") or path == "/healthz":
+            if path.startswith("/_sim/") or path in ("/healthz", entra.IDENTITY_PATH):
                 await self._admin(scope, Reply(receive, send, self.base_headers))
             else:
                 await self._api(scope, Reply(receive, send, self.base_headers))
@@ -88,6 +97,18 @@ class Simulator(Resource):
         elif route == ("POST", "/_sim/faults"):
             try:
                 self.add_fault(fault_from_json(parse_or_none(body)))
+            except ValueError as exc:
+                await reply.json(400, errors.invalid_request(str(exc)))
+                return
+            await reply.empty()
+        elif route == ("GET", entra.IDENTITY_PATH):
+            status, answer = self.identity.token_endpoint(scope["query_string"], scope["headers"])
+            await reply.json(status, answer)
+        elif route == ("GET", "/_sim/entra"):
+            await reply.json(200, orjson.dumps(self.identity.stats()))
+        elif route == ("POST", "/_sim/entra"):
+            try:
+                self.identity.control(parse_or_none(body))
             except ValueError as exc:
                 await reply.json(400, errors.invalid_request(str(exc)))
                 return
@@ -137,7 +158,11 @@ class Simulator(Resource):
         operation, target = found
         label = self.keys.check(headers)
         if label is None:
-            return await reply.json(401, errors.UNAUTHORIZED)
+            if entra.bearer(headers) is None:
+                return await reply.json(401, errors.UNAUTHORIZED)
+            label, refusal = self.identity.check(headers)  # a Microsoft Entra ID token
+            if label is None:
+                return await reply.json(401, refusal)
         self.stats.by_key[label] = self.stats.by_key.get(label, 0) + 1
         if target.reject:
             return await reply.json(400, target.reject)

@@ -1,0 +1,351 @@
+"""Keyless upstreams (issue 13): the real gateway, the real azure-identity library, the
+openai SDK, and the simulator standing in for Microsoft Entra ID.
+
+The managed-identity credential finds the simulator's token endpoint through
+`IDENTITY_ENDPOINT` / `IDENTITY_HEADER` (App Service's protocol); the Azure CLI
+credential runs a fake `az` put first on `PATH`. Every simulator accepts the tokens
+any of them issued and answers 401 to others, as Azure does.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import GATEWAY_KEY, SIM_KEYS, Gateway, Sim
+from tests.test_cli import run
+
+IDENTITY_HEADER = "sim-identity-header"  # the simulator's default
+CLIENT_ID = "11111111-2222-3333-4444-000000000abc"
+SCOPE_RESOURCE = "https://cognitiveservices.azure.com"
+ROLE_MISSING = "identity lacks a role on this resource: assign Cognitive Services OpenAI User"
+
+
+def identity_env(sim: Sim) -> dict[str, str]:
+    return {"IDENTITY_ENDPOINT": f"{sim.url}/msi/token", "IDENTITY_HEADER": IDENTITY_HEADER}
+
+
+def entra(sim: Sim, **control: Any) -> None:
+    httpx.post(sim.url + "/_sim/entra", json=control, timeout=5).raise_for_status()
+
+
+def entra_stats(sim: Sim) -> dict[str, Any]:
+    return dict(httpx.get(sim.url + "/_sim/entra", timeout=5).json())
+
+
+def config(sims: dict[str, Sim], credential: dict[str, Any] | None = None) -> dict[str, Any]:
+    """eastus authenticates with Entra ID, sweden with keys."""
+    return {
+        "gateway": {"keys": [{"name": "alice", "key": GATEWAY_KEY, "admin": True}]},
+        "resources": {
+            "eastus": {
+                "endpoint": sims["eastus"].url,
+                "auth": "entra",
+                "entra": credential or {"credential": "managed_identity", "client_id": CLIENT_ID},
+            },
+            "sweden": {"endpoint": sims["sweden"].url, "keys": list(SIM_KEYS)},
+        },
+        "models": {
+            "gpt-4o": ["eastus/gpt-4o"],  # Entra ID only
+            "entra-first": ["eastus/gpt-4o-mini", "sweden/gpt-4o-mini"],
+            "keys-first": ["sweden/gpt-4o", "eastus/gpt-4o"],
+        },
+        "routing": {"first_byte_timeout": 5, "cooldown": 30},
+    }
+
+
+def client(gw: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=GATEWAY_KEY, max_retries=0)
+
+
+def ask(gw: Gateway, model: str) -> str:
+    with client(gw) as c:
+        answer = c.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hello there"}]
+        )
+    return answer.choices[0].message.content or ""
+
+
+def bearers(sim: Sim) -> list[str]:
+    """The Authorization headers the simulator received, newest last."""
+    return [r["headers"].get("authorization", "") for r in sim.requests()]
+
+
+def tokens_seen(*sims: Sim) -> set[str]:
+    return {b[7:] for s in sims for b in bearers(s) if b.startswith("Bearer simtok.")}
+
+
+def assert_no_token_in(tokens: set[str], *texts: str) -> None:
+    assert tokens
+    for text in texts:
+        for token in tokens:
+            assert token not in text
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def test_managed_identity_token_is_sent_as_bearer_and_never_shown(
+    sim: dict[str, Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    east = sim["eastus"]
+    gw = start_gateway(config(sim), env=identity_env(east))
+    assert ask(gw, "gpt-4o") == "You said: hello there"
+    with client(gw) as c:
+        stream = c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        assert "".join(k.choices[0].delta.content or "" for k in stream if k.choices)
+    last = east.requests()[-1]["headers"]
+    assert last["authorization"].startswith("Bearer simtok.") and "api-key" not in last
+    stats = entra_stats(east)
+    # fetched once at start-up, with App Service's protocol; requests never fetch one
+    assert stats["issued"] == 1 and stats["accepted"] == 2
+    (request,) = stats["token_requests"]
+    assert request["identity_header_ok"]
+    assert request["params"] == {
+        "api-version": "2019-08-01",
+        "resource": SCOPE_RESOURCE,
+        "client_id": CLIENT_ID,
+    }
+    status = httpx.get(gw.url + "/status", headers=gw.headers(), timeout=5).text
+    assert "entra token valid until" in status
+    metrics = httpx.get(gw.url + "/metrics", headers=gw.headers(), timeout=5).text
+    assert_no_token_in(tokens_seen(east), gw.logs(), status, metrics)
+
+
+def test_one_credential_is_shared_by_resources_with_the_same_settings(
+    sim: dict[str, Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    east, sweden = sim["eastus"], sim["sweden"]
+    cfg = config(sim)
+    cfg["resources"]["sweden"] = dict(cfg["resources"]["eastus"], endpoint=sweden.url)
+    gw = start_gateway(cfg, env=identity_env(east))
+    assert ask(gw, "keys-first") and ask(gw, "gpt-4o")
+    assert entra_stats(east)["issued"] == 1  # one token for both resources
+    assert bearers(sweden)[-1] == bearers(east)[-1]
+
+
+def test_keys_rejected_fail_over_to_the_entra_resource(
+    sim: dict[str, Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    east, sweden = sim["eastus"], sim["sweden"]
+    gw = start_gateway(config(sim), env=identity_env(east))
+    for key in SIM_KEYS:
+        sweden.revoke(key)
+    assert ask(gw, "keys-first")
+    assert [r["headers"].get("api-key") for r in sweden.requests()] == list(SIM_KEYS)
+    assert bearers(east)[-1].startswith("Bearer simtok.")
+
+
+def test_entra_rejected_fails_over_to_the_key_resource(
+    sim: dict[str, Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    east, sweden = sim["eastus"], sim["sweden"]
+    gw = start_gateway(config(sim), env=identity_env(east))
+    entra(east, deny=True)  # the identity lacks a role on eastus
+    assert ask(gw, "entra-first")  # one new token, one retry, then sweden's keys
+    assert len(east.requests()) == 2
+    assert sweden.requests()[-1]["headers"]["api-key"] == SIM_KEYS[0]
+    assert ROLE_MISSING in gw.logs()
+    assert entra_stats(east)["issued"] == 2
+    with pytest.raises(openai.APIStatusError) as info:  # remembered: no second try on eastus
+        ask(gw, "gpt-4o")
+    assert info.value.status_code == 502
+    assert "Cognitive Services OpenAI User" in info.value.message
+    assert len(east.requests()) == 2
+
+
+def test_a_401_gets_a_new_token_and_one_retry_on_the_same_resource(
+    sim: dict[str, Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    east = sim["eastus"]
+    gw = start_gateway(config(sim), env=identity_env(east))
+    assert ask(gw, "gpt-4o")
+    first = bearers(east)[-1]
+    entra(east, revoke=True)  # Azure stops accepting the token the gateway holds
+    assert ask(gw, "gpt-4o")
+    tail = bearers(east)[-2:]
+    assert tail[0] == first and tail[1] != first  # refused, then the new token
+    assert entra_stats(east)["issued"] == 2
+    assert "answered 401 to the Entra ID token; retrying once with a new token" in gw.logs()
+
+
+@pytest.mark.slow
+def test_short_lived_tokens_are_refreshed_in_the_background(
+    sim: dict[str, Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    east = sim["eastus"]
+    entra(east, ttl=6)  # refreshed half-way, unusable 2 s before expiry
+    gw = start_gateway(config(sim), env=identity_env(east))
+    deadline = time.monotonic() + 9
+    while time.monotonic() < deadline:  # every request finds a valid token
+        assert ask(gw, "gpt-4o")
+        time.sleep(0.5)
+    stats = entra_stats(east)
+    assert stats["issued"] >= 3  # start-up, then about every 3 s
+    assert len(set(bearers(east))) >= 3
+    assert "answered 401" not in gw.logs()  # no request ever carried an expired token
+
+
+@pytest.mark.slow
+def test_token_endpoint_down_at_start_up_and_later(
+    sim: dict[str, Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    east = sim["eastus"]
+    entra(east, fail=-1)
+    gw = start_gateway(config(sim), env=identity_env(east))
+    logs = gw.logs()
+    assert "could not get a token for resource eastus (managed identity" in logs
+    assert "requests will not go to eastus until a token is obtained" in logs
+    assert ask(gw, "entra-first")  # the key resource serves
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(gw, "gpt-4o")
+    assert info.value.status_code == 502 and "no Entra ID token" in info.value.message
+    status = httpx.get(gw.url + "/status", headers=gw.headers(), timeout=5).text
+    assert "entra: no token" in status and "last refresh error" in status
+
+    entra(east, fail=0, ttl=6)  # back: the background retry gets a token
+    wait_until(lambda: entra_stats(east)["issued"] >= 1, 10, "a token after the outage")
+    assert ask(gw, "gpt-4o")
+
+    entra(east, fail=-1)  # down again: the refresh due half-way fails
+    wait_until(
+        lambda: "last refresh error" in httpx.get(gw.url + "/status", headers=gw.headers()).text,
+        6,
+        "the failed refresh on the status page",
+    )
+    time.sleep(4.5)  # the token is past its usable life
+    with pytest.raises(openai.APIStatusError):
+        ask(gw, "gpt-4o")
+    assert ask(gw, "entra-first")
+    assert sim["sweden"].requests()[-1]["headers"]["api-key"] == SIM_KEYS[0]
+    entra(east, fail=0, ttl=3600)
+    wait_until(lambda: bool(ask_ok(gw, "gpt-4o")), 20, "service after the second outage")
+    assert_no_token_in(tokens_seen(east), gw.logs())
+
+
+def ask_ok(gw: Gateway, model: str) -> str | None:
+    try:
+        return ask(gw, model)
+    except openai.APIStatusError:
+        return None
+
+
+FAKE_AZ = """#!{python}
+import datetime, json, sys, urllib.parse, urllib.request
+with open({log!r}, "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+resource = sys.argv[sys.argv.index("--resource") + 1]
+query = urllib.parse.urlencode({{"api-version": "2019-08-01", "resource": resource}})
+request = urllib.request.Request({url!r} + "?" + query, headers={{"X-IDENTITY-HEADER": {header!r}}})
+body = json.load(urllib.request.urlopen(request))
+expires = int(body["expires_on"])
+print(json.dumps({{
+    "accessToken": body["access_token"],
+    "expiresOn": datetime.datetime.fromtimestamp(expires).strftime("%Y-%m-%d %H:%M:%S.%f"),
+    "expires_on": expires,
+    "subscription": "00000000-0000-0000-0000-000000000001",
+    "tenant": "00000000-0000-0000-0000-000000000002",
+    "tokenType": "Bearer",
+}}))
+"""
+
+
+def test_azure_cli_credential_with_a_developers_az_login(
+    sim: dict[str, Sim], start_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    east = sim["eastus"]
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    az = bindir / "az"
+    calls = tmp_path / "az-calls.txt"
+    az.write_text(
+        FAKE_AZ.format(
+            python=sys.executable,
+            log=str(calls),
+            url=f"{east.url}/msi/token",
+            header=IDENTITY_HEADER,
+        )
+    )
+    az.chmod(az.stat().st_mode | stat.S_IXUSR)
+    env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    gw = start_gateway(config(sim, {"credential": "azure_cli"}), env=env)
+    assert ask(gw, "gpt-4o")
+    assert bearers(east)[-1].startswith("Bearer simtok.")
+    assert calls.read_text().splitlines() == [
+        f"account get-access-token --output json --resource {SCOPE_RESOURCE}"
+    ]
+    assert_no_token_in(tokens_seen(east), gw.logs())
+
+
+# --- check and check --probe ----------------------------------------------------------
+
+
+def write(cfg: dict[str, Any], tmp_path: Path) -> Path:
+    import yaml
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_check_and_probe_report_the_credential_token_and_role(
+    sim: dict[str, Sim], tmp_path: Path
+) -> None:
+    east = sim["eastus"]
+    path = write(config(sim), tmp_path)
+    env = identity_env(east)
+    shown = run("check", "--config", str(path), cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "entra (managed identity, client id \u2026abc)" in shown.stdout
+    assert entra_stats(east)["issued"] == 0  # check alone fetches nothing
+
+    probed = run("check", "--probe", "--config", str(path), cwd=tmp_path, env=env)
+    assert probed.returncode == 0, probed.stdout + probed.stderr
+    assert "eastus: entra (managed identity, client id \u2026abc): token obtained" in probed.stdout
+    assert "probe OK" in probed.stdout
+
+    entra(east, deny=True)
+    denied = run("check", "--probe", "--config", str(path), cwd=tmp_path, env=env)
+    assert denied.returncode == 1
+    assert f"{ROLE_MISSING} (401)" in denied.stdout
+    assert "gpt-4o: NO WORKING PATH" in denied.stdout
+
+    entra(east, deny=False, fail=-1)
+    down = run("check", "--probe", "--config", str(path), cwd=tmp_path, env=env)
+    assert down.returncode == 1
+    assert "eastus: entra (managed identity, client id \u2026abc): NO TOKEN:" in down.stdout
+    assert "no Entra ID token" in down.stdout
+    outputs = [shown.stdout, probed.stdout, denied.stdout, down.stdout, down.stderr]
+    assert_no_token_in(tokens_seen(east), *outputs)
+
+
+def test_env_only_quick_start_with_entra(
+    sim: dict[str, Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    east = sim["eastus"]
+    env = {
+        "AZURE_OPENAI_ENDPOINT": east.url,
+        "AZURE_OPENAI_AUTH": "entra",
+        "AZURE_OPENAI_DEPLOYMENTS": "gpt-4o",
+        **identity_env(east),
+    }
+    gw = start_gateway(None, env=env)
+    assert ask(gw, "gpt-4o")
+    assert bearers(east)[-1].startswith("Bearer simtok.")
