@@ -17,7 +17,7 @@ from typing import Any, Literal
 import orjson
 
 from app.pricing import usd
-from app.usage import COLUMNS, COST, FIELDS, UNPRICED, Tally
+from app.usage import COLUMNS, COST, ESTIMATED, FIELDS, UNPRICED, Tally
 
 By = Literal["key", "model", "day"]
 Counters = dict[str, int]
@@ -55,10 +55,12 @@ def cost_usd(counts: Mapping[str, int]) -> float | None:
 
 
 def public(counts: Mapping[str, int]) -> dict[str, Any]:
-    """Counters as reports show them: token fields, `cost_usd`, `unpriced_requests`."""
+    """Counters as reports show them: token fields, `cost_usd`, `unpriced_requests`,
+    `estimated_requests`."""
     out: dict[str, Any] = {f: counts.get(f, 0) for f in FIELDS}
     out["cost_usd"] = cost_usd(counts)
     out["unpriced_requests"] = counts.get(UNPRICED, 0)
+    out["estimated_requests"] = counts.get(ESTIMATED, 0)
     return out
 
 
@@ -113,7 +115,7 @@ def render(rows: Tally, by: By, fmt: Literal["table", "csv", "json"], since: str
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow([by, *FIELDS, "cost_usd", "unpriced_requests"])
+        writer.writerow([by, *FIELDS, "cost_usd", "unpriced_requests", "estimated_requests"])
         for name, c in [*groups.items(), ("TOTAL", overall)]:
             dollars = cost_usd(c)
             writer.writerow(
@@ -122,6 +124,7 @@ def render(rows: Tally, by: By, fmt: Literal["table", "csv", "json"], since: str
                     *(c.get(f, 0) for f in FIELDS),
                     "" if dollars is None else f"{dollars:.9f}",
                     c.get(UNPRICED, 0),
+                    c.get(ESTIMATED, 0),
                 ]
             )
         return buf.getvalue().rstrip("\n")

@@ -44,7 +44,10 @@ FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "re
 # What a row also stores: cost in nano-dollars (app.pricing), and the requests no price applied to.
 COST = "cost_nusd"
 UNPRICED = "unpriced_requests"
-COLUMNS = (*FIELDS, COST, UNPRICED)
+# Requests whose tokens are the gateway's estimate: Azure's usage never arrived (a
+# stream the client abandoned, or one that broke): see app.estimate.
+ESTIMATED = "estimated_requests"
+COLUMNS = (*FIELDS, COST, UNPRICED, ESTIMATED)
 
 Row = tuple[str, str, str]  # day, key name, model
 Tally = dict[Row, dict[str, int]]
@@ -284,8 +287,16 @@ class Usage:
         self._failing = False
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, key: str, model: str, counts: dict[str, int], cost: int | None) -> None:
-        """One answer's token counts and its cost in nano-dollars (None: unpriced)."""
+    def record(
+        self,
+        key: str,
+        model: str,
+        counts: dict[str, int],
+        cost: int | None,
+        estimated: bool = False,
+    ) -> None:
+        """One answer's token counts and its cost in nano-dollars (None: unpriced);
+        `estimated`: the counts are the gateway's estimate, not Azure's."""
         tally = self._pending[(today(), key, model)]
         tally["requests"] = tally.get("requests", 0) + 1
         for name, n in counts.items():
@@ -294,6 +305,8 @@ class Usage:
             tally[UNPRICED] = tally.get(UNPRICED, 0) + 1
         else:
             tally[COST] = tally.get(COST, 0) + cost
+        if estimated:
+            tally[ESTIMATED] = tally.get(ESTIMATED, 0) + 1
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

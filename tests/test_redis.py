@@ -237,6 +237,7 @@ async def test_usage_in_redis_is_shared_and_filtered_by_day(redis_url: str) -> N
         "reasoning_tokens": 0,
         "cost_nusd": 75_001,
         "unpriced_requests": 0,
+        "estimated_requests": 0,
     }
     assert report["bob"]["o3-mini"]["reasoning_tokens"] == 16
     assert report["bob"]["o3-mini"]["unpriced_requests"] == 1

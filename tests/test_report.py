@@ -45,6 +45,7 @@ def test_public_rows_carry_tokens_cost_and_unpriced() -> None:
         "reasoning_tokens": 0,
         "cost_usd": 0.0035,
         "unpriced_requests": 0,
+        "estimated_requests": 0,
     }
 
 

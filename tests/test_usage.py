@@ -69,6 +69,7 @@ async def test_sqlite_usage_survives_reopening_and_filters_by_day(tmp_path: Path
         "reasoning_tokens": 0,
         "cost_nusd": 55_000,
         "unpriced_requests": 1,
+        "estimated_requests": 0,
     }
     assert set(report) == {"alice", "bob"}
     assert set(await again.report(today())) == {"alice"}
@@ -210,6 +211,7 @@ def test_plain_and_streamed_usage_is_counted_even_when_the_client_did_not_ask(
         # answered as gpt-4o-2024-11-20: $2.50 / $10 per 1M, 3 x (5 x 2.5 + 4 x 10) / 1M
         "cost_usd": pytest.approx(3 * 52_500e-9),
         "unpriced_requests": 0,
+        "estimated_requests": 0,
     }
     o3 = report["keys"]["alice"]["o3-mini"]
     assert o3["requests"] == 1 and o3["reasoning_tokens"] == 16
@@ -295,6 +297,7 @@ def test_usage_counts_are_flushed_to_disk_while_running(
             "reasoning_tokens": 0,
             "cost_nusd": 52_500,
             "unpriced_requests": 0,
+            "estimated_requests": 0,
         }
     }
     store._db.close()
