@@ -40,7 +40,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aoai_gateway")
 
-FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+FIELDS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    # what images and audio count where tokens do not fit (app.media_usage)
+    "images",
+    "audio_seconds",
+    "characters",
+)
 # What a row also stores: cost in nano-dollars (app.pricing), and the requests no price applied to.
 COST = "cost_nusd"
 UNPRICED = "unpriced_requests"
