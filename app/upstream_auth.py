@@ -245,6 +245,7 @@ class TokenSource:
         self._lock = asyncio.Lock()
         self._first = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False  # retired by a reload, or shut down: fetches nothing more
 
     def __repr__(self) -> str:
         return f"TokenSource({self.label})"
@@ -261,7 +262,7 @@ class TokenSource:
         True when there is a different valid token to retry with."""
         if self._headers is not used and self.current() is not None:
             return True  # another request renewed it already
-        if time.time() - self._last_forced < RENEW_INTERVAL:
+        if self._closed or time.time() - self._last_forced < RENEW_INTERVAL:
             return False
         async with self._lock:
             if self._headers is used or self.current() is None:
@@ -275,7 +276,7 @@ class TokenSource:
 
     # background -----------------------------------------------------------------
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def wait_first(self) -> None:
@@ -373,6 +374,7 @@ class TokenSource:
         )
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,7 @@ any of them issued and answers 401 to others, as Azure does.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import sys
 import time
@@ -20,8 +21,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
-from tests.conftest import GATEWAY_KEY, SIM_KEYS, Gateway, Sim
+from tests.conftest import GATEWAY_KEY, SIM_KEYS, Gateway, Sim, wait_for
 from tests.test_cli import run
 
 IDENTITY_HEADER = "sim-identity-header"  # the simulator's default
@@ -89,15 +91,6 @@ def assert_no_token_in(tokens: set[str], *texts: str) -> None:
     for text in texts:
         for token in tokens:
             assert token not in text
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def test_managed_identity_token_is_sent_as_bearer_and_never_shown(
@@ -221,22 +214,21 @@ def test_token_endpoint_down_at_start_up_and_later(
     assert "entra: no token" in status and "last refresh error" in status
 
     entra(east, fail=0, ttl=6)  # back: the background retry gets a token
-    wait_until(lambda: entra_stats(east)["issued"] >= 1, 10, "a token after the outage")
+    assert wait_for(lambda: entra_stats(east)["issued"] >= 1), "no token after the outage"
     assert ask(gw, "gpt-4o")
 
     entra(east, fail=-1)  # down again: the refresh due half-way fails
-    wait_until(
+    assert wait_for(
         lambda: "last refresh error" in httpx.get(gw.url + "/status", headers=gw.headers()).text,
         6,
-        "the failed refresh on the status page",
-    )
+    ), "the failed refresh is not on the status page"
     time.sleep(4.5)  # the token is past its usable life
     with pytest.raises(openai.APIStatusError):
         ask(gw, "gpt-4o")
     assert ask(gw, "entra-first")
     assert sim["sweden"].requests()[-1]["headers"]["api-key"] == SIM_KEYS[0]
     entra(east, fail=0, ttl=3600)
-    wait_until(lambda: bool(ask_ok(gw, "gpt-4o")), 20, "service after the second outage")
+    assert wait_for(lambda: bool(ask_ok(gw, "gpt-4o")), 20), "no service after the second outage"
     assert_no_token_in(tokens_seen(east), gw.logs())
 
 
@@ -245,6 +237,27 @@ def ask_ok(gw: Gateway, model: str) -> str | None:
         return ask(gw, model)
     except openai.APIStatusError:
         return None
+
+
+def test_a_reload_that_switches_a_resource_to_entra_gets_its_token(
+    sim: dict[str, Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    east = sim["eastus"]
+    cfg = config(sim)
+    entra_settings = cfg["resources"]["eastus"]
+    cfg["resources"]["eastus"] = {"endpoint": east.url, "keys": list(SIM_KEYS)}
+    gw = start_gateway(cfg, env=identity_env(east))
+    assert ask(gw, "gpt-4o")
+    assert east.requests()[-1]["headers"]["api-key"] == SIM_KEYS[0]
+    assert entra_stats(east)["issued"] == 0  # no Entra resource, no credential
+    written = yaml.safe_load(gw.config_path.read_text())
+    written["resources"]["eastus"] = entra_settings
+    gw.write_config(written)
+    gw.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: entra_stats(east)["issued"] == 1), gw.logs()
+    assert ask(gw, "gpt-4o")
+    last = east.requests()[-1]["headers"]
+    assert last["authorization"].startswith("Bearer simtok.") and "api-key" not in last
 
 
 FAKE_AZ = """#!{python}
@@ -298,8 +311,6 @@ def test_azure_cli_credential_with_a_developers_az_login(
 
 
 def write(cfg: dict[str, Any], tmp_path: Path) -> Path:
-    import yaml
-
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -245,6 +245,10 @@ async def test_renew_after_401_once_per_interval_and_single_flight() -> None:
         assert newer is not None and newer != used
         assert not await key.renew(newer)  # again within RENEW_INTERVAL: no fetch, no retry
         assert script.issued == 2
+        await source.close()
+        source._last_forced = 0.0
+        assert not await key.renew(newer)  # a closed (retired) source fetches nothing
+        assert script.issued == 2
     finally:
         await source.close()
 
