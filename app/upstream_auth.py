@@ -346,16 +346,19 @@ class TokenSource:
         self._last_error = short_error(exc)
         self._last_error_at = time.time()
         valid = self.current() is not None
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]  # all of it, for the log
+        detail = "\n    ".join(lines[1:])  # e.g. each credential the default chain tried
         log.error(
-            "Entra ID: could not get a token for %s (%s): %s\n  %s",
+            "Entra ID: could not get a token for %s (%s): %s\n  %s%s",
             self._where(),
             self.label,
-            self._last_error,
+            lines[0],
             "the current token stays in use until it expires"
             if valid
             else "requests will not go to "
             + (", ".join(self.resources) or "these resources")
             + " until a token is obtained; retrying in the background",
+            f"\n    {detail}" if detail else "",
         )
         if not valid:
             self._headers = None
