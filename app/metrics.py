@@ -132,7 +132,9 @@ class Metrics:
         )
         self._cooling = _CoolingCollector(cooling)
         if self.multiprocess:
-            self._exposition = CollectorRegistry(auto_describe=True)
+            # No describe-by-collecting at registration: that reads every worker's files,
+            # and one a starting worker has just created is still empty (struct.error).
+            self._exposition = CollectorRegistry(auto_describe=False)
             MultiProcessCollector(self._exposition)  # type: ignore[no-untyped-call]
         else:
             self._exposition = r

@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import GATEWAY_KEY, ROOT, SIM_KEYS, Sim, start_sim, stop
+from tests.conftest import GATEWAY_KEY, ROOT, SIM_KEYS, Sim, start_sim, stop, wait_http
 from tests.redis_support import private_db
 
 ADMIN_KEY = "test-gateway-key-ops"
@@ -239,3 +239,38 @@ def test_two_gateways_on_one_redis_refuse_once_the_shared_budget_is_spent(
         assert spent["cost_usd"] == pytest.approx(spent["requests"] * GPT4O_CALL / 1e9)
         one.stop()
         two.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_both_workers_of_one_serve_refuse_once_the_shared_budget_is_spent(
+    azure: Sim, start_gateway: Any, tmp_path: Path
+) -> None:
+    with private_db() as redis_url:
+        config = _config(azure, budget={"usd": 4 * GPT4O_CALL / 1e9, "period": "week"})
+        config["state"] = {"redis_url": redis_url}
+        gw = start_gateway(config, "--workers", "2", env={"TMPDIR": str(tmp_path)}, wait=False)
+        wait_http(gw.url + "/healthz", gw.proc, timeout=60)  # two workers boot slowly on 2 cores
+        [metrics_dir] = tmp_path.glob("aoai-gateway-metrics-*")
+
+        def call() -> int:
+            with httpx.Client(timeout=10) as client:  # a fresh connection: either worker
+                r = client.post(
+                    gw.base_url + "/chat/completions",
+                    json={"model": "gpt-4o", "messages": HELLO},
+                    headers={"Authorization": f"Bearer {GATEWAY_KEY}"},
+                )
+            if r.status_code == 429:
+                assert r.json()["error"]["code"] == "insufficient_quota"
+            return r.status_code
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(lambda _: call(), range(6))) == [200] * 6
+        statuses: list[int] = []
+        deadline = time.monotonic() + 15
+        while statuses[-10:] != [429] * 10 and time.monotonic() < deadline:
+            statuses.append(call())
+        assert statuses[-10:] == [429] * 10, statuses
+        served = {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("counter_*.db")}
+        assert len(served) == 2, "one worker served every request"
+        gw.stop()
