@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from app.upstream_auth import (
     UpstreamKey,
     describe,
     describe_settings,
+    make_credential,
     refresh_at,
     resource_keys,
     retry_delay,
@@ -261,3 +263,39 @@ async def test_expired_token_is_not_sent() -> None:
         assert source.current() is None  # within EXPIRY_SKEW of its expiry
     finally:
         await source.close()
+
+
+async def test_each_credential_setting_builds_the_azure_identity_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.identity import aio
+
+    token_file = tmp_path / "federated-token"
+    token_file.write_text("a-federated-token")
+    monkeypatch.setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000001")
+    monkeypatch.setenv("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000002")
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
+    tenant = "00000000-0000-0000-0000-000000000003"
+    expected = [
+        (Entra(), aio.DefaultAzureCredential),
+        (Entra(credential="managed_identity", client_id="abc"), aio.ManagedIdentityCredential),
+        (Entra(credential="workload_identity"), aio.WorkloadIdentityCredential),
+        (Entra(credential="azure_cli", tenant_id=tenant), aio.AzureCliCredential),
+        (
+            Entra.model_validate(
+                {
+                    "credential": "client_secret",
+                    "client_id": "c",
+                    "tenant_id": tenant,
+                    "client_secret": "s",
+                }
+            ),
+            aio.ClientSecretCredential,
+        ),
+    ]
+    for settings, kind in expected:
+        credential = make_credential(settings)
+        try:
+            assert isinstance(credential, kind), settings
+        finally:
+            await credential.close()
