@@ -7,6 +7,7 @@
     ├── NotFound              404      unknown model or route
     ├── MethodNotAllowed      405
     ├── PayloadTooLarge       413      body over gateway.max_body_bytes
+    ├── UnsupportedMediaType  415      keyless mode: a POST that is not application/json
     ├── RateLimited           429      the caller's rpm/tpm, or every deployment throttled
     │   └── BudgetExceeded    429      the key's budget is used up (code insufficient_quota)
     ├── UpstreamKeysRejected  502      every key of every candidate rejected (names resources)
@@ -83,6 +84,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class RateLimited(GatewayError):

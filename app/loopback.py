@@ -4,6 +4,14 @@ With no `gateway.keys` every caller is let in as admin, so the gateway must be
 reachable from this machine alone: `exposure_error` refuses a keyless
 configuration on a non-loopback listener, at start-up and at every reload
 (SIGHUP, `--watch`, each worker of `--workers N`).
+
+A browser on the same machine can still reach a loopback listener, from any
+page: by DNS rebinding (a foreign name resolved to 127.0.0.1, so the request
+carries that name in `Host`) or by a cross-site "simple" POST (a form, or
+`fetch` with a text/plain body: no preflight). `keyless_refusal` refuses both
+on every route: `Host` must name the loopback (`localhost`, `127.0.0.1` or
+`[::1]`, any port), and a POST must be `application/json`, which a page can only
+send cross-site after a CORS preflight that `gateway.cors_origins` decides.
 """
 
 from __future__ import annotations
@@ -11,8 +19,10 @@ from __future__ import annotations
 import ipaddress
 
 from app.config import Config
+from app.errors import Forbidden, GatewayError, UnsupportedMediaType
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+LOOPBACK_HOSTS = (b"localhost", b"127.0.0.1", b"[::1]")  # what keyless mode answers to
 
 
 def is_loopback(host: str) -> bool:
@@ -33,3 +43,37 @@ def exposure_error(config: Config, host: str) -> str | None:
         "can reach it could use your Azure quota. Add gateway.keys to the configuration "
         "(see config/example.yaml), or serve on 127.0.0.1."
     )
+
+
+def loopback_host(value: bytes) -> bool:
+    """`Host` is `localhost`, `127.0.0.1` or `[::1]`, with or without a port."""
+    host = value.strip().lower()
+    for name in LOOPBACK_HOSTS:
+        if host == name:
+            return True
+        if host.startswith(name) and host[len(name) : len(name) + 1] == b":":
+            return host[len(name) + 1 :].isdigit()
+    return False
+
+
+def json_content_type(value: bytes) -> bool:
+    return value.split(b";", 1)[0].strip().lower() == b"application/json"
+
+
+def keyless_refusal(method: str, headers: list[tuple[bytes, bytes]]) -> GatewayError | None:
+    """Why keyless mode refuses this request (see the module doc), or None."""
+    host = content_type = None
+    for name, value in headers:
+        if name == b"host":
+            host = value
+        elif name == b"content-type":
+            content_type = value
+    if host is None or not loopback_host(host):
+        return Forbidden(
+            "This gateway has no keys and answers only requests addressed to localhost, "
+            "127.0.0.1 or [::1] (the Host header).",
+            code="host_not_allowed",
+        )
+    if method == "POST" and (content_type is None or not json_content_type(content_type)):
+        return UnsupportedMediaType("POST bodies must be sent as 'Content-Type: application/json'.")
+    return None

@@ -33,7 +33,7 @@ from app.errors import MethodNotAllowed
 from app.gateway import Gateway, Services
 from app.h1 import H1Upstream
 from app.listener import LIMITS_KEY, Limits
-from app.loopback import exposure_error
+from app.loopback import exposure_error, keyless_refusal
 from app.metrics import Metrics
 from app.proxy import Message, Receive, Scope, Send, handle_chat, new_request_id, send_error
 from app.state import MemoryState, State
@@ -115,6 +115,11 @@ class Server:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self.current().keys.open:  # keyless: this machine's own callers only
+                refused = keyless_refusal(scope["method"], scope["headers"])
+                if refused is not None:
+                    await send_error(send, refused, request_id_of(scope))
+                    return
             path = scope["path"]
             if len(path) > 1 and path.endswith("/"):
                 path = path.rstrip("/")
