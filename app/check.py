@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from app.azure import parse_endpoint
 from app.config import ENV_GATEWAY_KEY, Config, GatewayKey
 from app.loopback import is_loopback
+from app.pricing import Prices, configured_prices
 from app.routing import Target, build_table
 from app.upstream_auth import describe as describe_auth
 
@@ -92,7 +93,7 @@ def key_hash_id(key: GatewayKey) -> str:
 
 
 def keys_table(keys: tuple[GatewayKey, ...]) -> list[str]:
-    rows = [("KEY", "HASH-ID", "ADMIN", "RPM", "TPM", "MODELS")]
+    rows = [("KEY", "HASH-ID", "ADMIN", "RPM", "TPM", "BUDGET", "MODELS")]
     for k in keys:
         rows.append(
             (
@@ -101,6 +102,7 @@ def keys_table(keys: tuple[GatewayKey, ...]) -> list[str]:
                 "yes" if k.admin else "no",
                 str(k.rpm) if k.rpm is not None else "-",
                 str(k.tpm) if k.tpm is not None else "-",
+                f"${k.budget.usd:g}/{k.budget.period}" if k.budget is not None else "-",
                 ",".join(k.models) if k.models is not None else "*",
             )
         )
@@ -156,6 +158,17 @@ def warnings(config: Config, host: str | None = None, env_key_ignored: bool = Fa
                     f"models.{model}: every deployment is on resource {only}; if it fails "
                     "there is no other resource to fail over to"
                 )
+    prices = Prices(configured_prices(config))
+    for model, targets in table.items():
+        names = [model, *(t.deployment for t in targets)]
+        if not any(prices.named(n) for n in names) and not any(
+            prices.price_for(t.id, None, model) for t in targets
+        ):
+            out.append(
+                f"models.{model}: no price for '{model}' or its deployments' names; its cost "
+                "shows as unpriced unless Azure's answers name a priced model (add it under "
+                "pricing:)"
+            )
     unused = set(config.resources) - {t.resource for ts in table.values() for t in ts}
     for name in sorted(unused):
         out.append(f"resources.{name}: no model uses it")

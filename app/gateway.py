@@ -21,7 +21,7 @@ from app.config import Config
 from app.disconnect import Watches
 from app.failover import Policy
 from app.metrics import Metrics
-from app.pricing import Price, Prices
+from app.pricing import Prices, configured_prices
 from app.recent import Recent
 from app.redact import Redactor
 from app.routing import Target, build_table
@@ -58,9 +58,7 @@ class Gateway:
         self.config = config
         self.services = services
         self.keys = KeyTable(config.gateway.keys)
-        self.prices = Prices(
-            {n: Price(p.input, p.output, p.cached_input) for n, p in config.pricing.items()}
-        )
+        self.prices = Prices(configured_prices(config))
         services.budgets.configure({k.name: k.budget for k in config.gateway.keys if k.budget})
         self.entra = services.credentials.bind(config)  # resource -> its Entra ID key
         self.table: dict[str, tuple[Target, ...]] = build_table(config, self.entra)

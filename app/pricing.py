@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from app.config import Config
+
 NANO = 1_000_000_000  # nano-dollars per dollar
 
 # price field -> how many units its price is for. The token fields are per 1M tokens.
@@ -160,6 +162,11 @@ class Prices:
         """Nano-dollars, or None when no price applies (unpriced)."""
         price = self.price_for(deployment_id, answer_model, public_model)
         return None if price is None else price.cost(counts)
+
+
+def configured_prices(config: Config) -> dict[str, Price]:
+    """`pricing:` of a configuration as prices."""
+    return {n: Price(p.input, p.output, p.cached_input) for n, p in config.pricing.items()}
 
 
 def usd(nano: int) -> float:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from app.check import warnings
+from app.config import validate
 from tests.test_cli import rows, run
 
 PORTAL = "https://x.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
@@ -82,9 +84,10 @@ def test_no_models_exits_2(tmp_path: Path) -> None:
 CONFIG = """
 gateway:
   keys:
-    - {name: alice, key: alice-secret-value, rpm: 10}
+    - {name: alice, key: alice-secret-value, rpm: 10, budget: {usd: 50}}
     - {name: ops, key_sha256: OPS_DIGEST, admin: true, tpm: 5000}
-    - {name: bot, key: bot-secret-value, models: [gpt4o, "gpt-4o*"]}
+    - {name: bot, key: bot-secret-value, models: [gpt4o, "gpt-4o*"],
+       budget: {usd: 0.5, period: day}}
 resources:
   eastus: {endpoint: "https://e.openai.azure.com", keys: [azure-secret-1]}
   sweden: {endpoint: "https://s.openai.azure.com", keys: [azure-secret-2]}
@@ -116,6 +119,7 @@ def test_keys_table_and_warnings(tmp_path: Path) -> None:
             "ADMIN": "no",
             "RPM": "10",
             "TPM": "-",
+            "BUDGET": "$50/month",
             "MODELS": "*",
         },
         {
@@ -124,6 +128,7 @@ def test_keys_table_and_warnings(tmp_path: Path) -> None:
             "ADMIN": "yes",
             "RPM": "-",
             "TPM": "5000",
+            "BUDGET": "-",
             "MODELS": "*",
         },
         {
@@ -132,6 +137,7 @@ def test_keys_table_and_warnings(tmp_path: Path) -> None:
             "ADMIN": "no",
             "RPM": "-",
             "TPM": "-",
+            "BUDGET": "$0.5/day",
             "MODELS": "gpt4o,gpt-4o*",
         },
     ]
@@ -153,3 +159,23 @@ def test_keys_table_and_warnings(tmp_path: Path) -> None:
     assert hashlib.sha256(b"ops-secret-value").hexdigest() not in everything
     on_loopback = run("check", "--config", str(path), cwd=tmp_path)
     assert "no rpm/tpm limit" not in on_loopback.stdout  # only beyond loopback
+
+
+def test_a_model_nothing_prices_is_warned_about() -> None:
+    config = validate(
+        {
+            "resources": {"r": {"endpoint": "https://x.openai.azure.com", "keys": ["k"]}},
+            "models": {
+                "house": ["r/my-finetune"],
+                "chat": ["r/gpt-4o"],  # the deployment's name is a priced model
+                "ptu": ["r/o3-ptu"],
+                "mine": ["r/mine"],
+            },
+            "pricing": {"r/o3-ptu": {"input": 0, "output": 0}, "mine": {"input": 1, "output": 1}},
+        }
+    )
+    found = [w for w in warnings(config) if "no price" in w]
+    assert found == [
+        "models.house: no price for 'house' or its deployments' names; its cost shows as "
+        "unpriced unless Azure's answers name a priced model (add it under pricing:)"
+    ]
