@@ -88,7 +88,12 @@ def summary(rows: Tally) -> dict[str, Any]:
 
 # --- text renderings (aoai-gateway usage) -----------------------------------------------
 
-_HEADER = ("requests", "prompt", "completion", "cached", "reasoning", "cost_usd")
+_SHORT = {
+    "prompt_tokens": "prompt",
+    "completion_tokens": "completion",
+    "cached_tokens": "cached",
+    "reasoning_tokens": "reasoning",
+}
 
 
 def money(counts: Mapping[str, int]) -> str:
@@ -128,9 +133,11 @@ def render(rows: Tally, by: By, fmt: Literal["table", "csv", "json"], since: str
                 ]
             )
         return buf.getvalue().rstrip("\n")
-    table = [(by.upper(), *(h.upper() for h in _HEADER))]
+    # the token columns always; a media column (images, ...) only when something used it
+    shown = [f for f in FIELDS if f in _SHORT or f == "requests" or overall.get(f)]
+    table = [(by.upper(), *(_SHORT.get(f, f).upper() for f in shown), "COST_USD")]
     for name, c in [*groups.items(), ("TOTAL", overall)]:
-        table.append((name, *(f"{c.get(f, 0):,}" for f in FIELDS), money(c)))
+        table.append((name, *(f"{c.get(f, 0):,}" for f in shown), money(c)))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = []
     for i, r in enumerate(table):

@@ -43,6 +43,9 @@ def test_public_rows_carry_tokens_cost_and_unpriced() -> None:
         "completion_tokens": 100,
         "cached_tokens": 0,
         "reasoning_tokens": 0,
+        "images": 0,
+        "audio_seconds": 0,
+        "characters": 0,
         "cost_usd": 0.0035,
         "unpriced_requests": 0,
         "estimated_requests": 0,
@@ -85,6 +88,14 @@ def test_table_csv_and_json() -> None:
     assert data["since"] == "2026-11-01" and data["by"] == "key"
     assert data["rows"]["alice"]["unpriced_requests"] == 1
     assert data["total"]["requests"] == 4
+
+    # a media column shows in the table only when something used it
+    assert "IMAGES" not in table[0]
+    with_images = dict(ROWS)
+    with_images[("2026-11-05", "carol", "gpt-image-1")] = {"requests": 1, "images": 2}
+    media = render(with_images, "key", "table", None).splitlines()
+    assert media[0].split()[-2:] == ["IMAGES", "COST_USD"]
+    assert media[-1].split()[:7] == ["TOTAL", "5", "1,015", "100", "0", "0", "2"]
 
     empty = render({}, "key", "table", "2999-01-01").splitlines()
     assert empty[2] == "(no usage recorded since 2999-01-01)"
