@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -15,9 +15,11 @@ from app.status import (
     View,
     budgets_table,
     health_cell,
+    keys_cell,
     render,
     rpm_chart,
 )
+from app.upstream_auth import TokenState
 
 
 def target(resource: str, deployment: str = "gpt-4o") -> Target:
@@ -191,3 +193,27 @@ def test_rpm_chart_stacks_failed_on_served() -> None:
     svg = rpm_chart([(0, 0, 0), (60, 10, 5)], width=200, height=100)
     assert svg.count('class="ok"') == 1 and svg.count('class="bad"') == 1
     assert ">10</text>" in svg  # the scale's top is the busiest minute
+
+
+def test_entra_token_state_shows_validity_and_last_error_escaped() -> None:
+    def row(token: TokenState) -> DeploymentView:
+        return DeploymentView(
+            resource="eastus",
+            deployment="gpt-4o",
+            form="v1",
+            priority=0,
+            weight="",
+            cooling_until=None,
+            keys=[KeyView("entra", "eastus#entra", None, token)],
+            health=Health(),
+        )
+
+    now = 1_800_000_000.0
+    valid = TokenState("managed identity", now + 3600, now - 60, "<b>endpoint</b> down", now)
+    cell = keys_cell(row(valid), now)
+    assert "entra token valid until" in cell and "last refresh error at" in cell
+    assert "&lt;b&gt;endpoint&lt;/b&gt; down" in cell and "<b>" not in cell
+    assert health_cell(row(valid), now) != health_cell(row(replace(valid, valid_until=None)), now)
+    missing = row(replace(valid, valid_until=None))
+    assert "entra: no token" in keys_cell(missing, now)
+    assert "no Entra ID token" in health_cell(missing, now)
