@@ -27,7 +27,7 @@ from app.redact import Redactor
 from app.routing import Target, build_table
 from app.state import State
 from app.upstream import Timeouts, Upstream
-from app.upstream_auth import Credentials
+from app.upstream_auth import Credentials, entra_secrets
 from app.usage import Usage
 
 
@@ -75,7 +75,11 @@ class Gateway:
         )
         self.max_body = config.gateway.max_body_bytes
         self.redact = Redactor(
-            k.get_secret_value() for res in config.resources.values() for k in res.keys
+            [
+                *(k.get_secret_value() for res in config.resources.values() for k in res.keys),
+                *entra_secrets(config),
+            ],
+            services.credentials.secrets if self.entra else None,  # tokens, as they change
         )
         self.rng = rng or random.Random()
 

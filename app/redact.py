@@ -8,20 +8,27 @@ through `Redactor.bytes`, which replaces any configured key value with
 
 A key shorter than `MIN_LENGTH` is not searched for: it would turn up in
 ordinary text. Azure's keys are 32 or 84 characters.
+
+Entra ID tokens change as they are refreshed: `current` gives the ones in use
+now (`upstream_auth.Credentials.secrets`); a gateway with keys only has none
+and pays nothing for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 MIN_LENGTH = 8
 MARK = "[redacted]"
 
 
 class Redactor:
-    __slots__ = ("_keys", "_texts")
+    __slots__ = ("_current", "_keys", "_texts")
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(
+        self, secrets: Iterable[str], current: Callable[[], tuple[str, ...]] | None = None
+    ) -> None:
+        self._current = current
         # longest first: a key that contains another is replaced whole
         texts = sorted({s for s in secrets if len(s) >= MIN_LENGTH}, key=len, reverse=True)
         self._texts = tuple(texts)
@@ -31,10 +38,19 @@ class Redactor:
         for key in self._keys:
             if key in data:
                 data = data.replace(key, b"[redacted]")
+        if self._current is not None:
+            for token in self._current():
+                encoded = token.encode("utf-8")
+                if encoded in data:
+                    data = data.replace(encoded, b"[redacted]")
         return data
 
     def text(self, data: str) -> str:
         for key in self._texts:
             if key in data:
                 data = data.replace(key, MARK)
+        if self._current is not None:
+            for token in self._current():
+                if token in data:
+                    data = data.replace(token, MARK)
         return data

@@ -235,6 +235,7 @@ class TokenSource:
         self._factory = factory
         self._credential: Any = None
         self._token = ""
+        self.secrets: tuple[str, ...] = ()  # this token and the one before: never relayed
         self._headers: Mapping[str, str] | None = None
         self._expires_on = 0.0
         self._refresh_on: float | None = None
@@ -314,6 +315,7 @@ class TokenSource:
         except TimeoutError:
             raise TimeoutError(f"no token within {FETCH_TIMEOUT:g} s") from None
         first = not self._token
+        self.secrets = (info.token, self._token) if self._token else (info.token,)
         self._token = info.token
         self._obtained = time.time()
         self._expires_on = float(info.expires_on)
@@ -389,6 +391,15 @@ class TokenSource:
             self._credential = None
 
 
+def entra_secrets(config: Config) -> list[str]:
+    """The client secrets in `entra:` blocks: redacted like keys."""
+    return [
+        res.entra.client_secret.get_secret_value()
+        for res in config.resources.values()
+        if res.entra is not None and res.entra.client_secret is not None
+    ]
+
+
 def _utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
@@ -442,6 +453,10 @@ class Credentials:
             _, pending = await asyncio.wait(waits, timeout=wait)
             for w in pending:
                 w.cancel()
+
+    def secrets(self) -> tuple[str, ...]:
+        """The tokens in use now (and just before): what a relayed answer must not echo."""
+        return tuple(t for source in self._sources.values() for t in source.secrets)
 
     async def close(self) -> None:
         for source in [*self._sources.values(), *self._retired]:

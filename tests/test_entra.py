@@ -119,7 +119,12 @@ def test_managed_identity_token_is_sent_as_bearer_and_never_shown(
     status = httpx.get(gw.url + "/status", headers=gw.headers(), timeout=5).text
     assert "entra token valid until" in status
     metrics = httpx.get(gw.url + "/metrics", headers=gw.headers(), timeout=5).text
-    assert_no_token_in(tokens_seen(east), gw.logs(), status, metrics)
+    east.fault("echo", count=1)  # an upstream quoting the request's headers back
+    with pytest.raises(openai.BadRequestError) as echoed:
+        ask(gw, "gpt-4o")
+    assert "[redacted]" in echoed.value.response.text
+    tokens = tokens_seen(east)
+    assert_no_token_in(tokens, gw.logs(), status, metrics, echoed.value.response.text)
 
 
 def test_one_credential_is_shared_by_resources_with_the_same_settings(

@@ -29,3 +29,11 @@ def test_text_without_a_key_is_returned_as_is() -> None:
 def test_short_values_are_not_searched_for() -> None:
     r = Redactor(["k", "short", ""])
     assert r.bytes(b"a key, short") == b"a key, short"
+
+
+def test_current_secrets_are_asked_for_at_each_use() -> None:
+    tokens: list[str] = ["token-one-value"]
+    r = Redactor([KEY], lambda: tuple(tokens))
+    assert r.bytes(b"a token-one-value b") == b"a [redacted] b"
+    tokens[:] = ["token-two-value", "token-one-value"]  # refreshed: the old one still covered
+    assert r.text("token-two-value token-one-value") == f"{MARK} {MARK}"

@@ -229,6 +229,7 @@ async def test_refresh_asks_a_fresh_credential_when_the_cache_answers() -> None:
         second = source.current()
         assert second is not None and second != first and script.issued == 2
         assert script.made == 2 and script.closed == 1  # the old credential is closed
+        assert source.secrets == ("tok-2", "tok-1")  # what a relayed answer must not echo
     finally:
         await source.close()
 
