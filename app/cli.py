@@ -16,25 +16,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app import __version__
+from app import __version__, logs
 from app.check import describe, warnings
 from app.config import ENV_GATEWAY_KEY, Config, ConfigError, resolve_path
 from app.envfile import load_env_file
 from app.listener import GatewayProtocol
+from app.logs import Format
 from app.loopback import exposure_error, is_loopback
 from app.server import ENV_HOST, Server, make_loader
 
 __all__ = ["describe", "is_loopback", "main", "parser"]
 
 
-def setup_logging(level: str) -> None:
-    app_log = logging.getLogger("aoai_gateway")
-    if not app_log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        app_log.addHandler(handler)
-    app_log.setLevel(level.upper())
-    app_log.propagate = False
+def setup_logging(level: str, fmt: Format = "text") -> None:
+    logs.setup(fmt, level)
 
 
 def _config_path(args: argparse.Namespace) -> Path | None:
@@ -59,7 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if refused is not None:
         print(refused, file=sys.stderr)
         return 2
-    setup_logging(args.log_level)
+    fmt = logs.choose_format(args.log_format, sys.stderr)
+    setup_logging(args.log_level, fmt)
     for warning in warnings(config, args.host, _env_key_ignored(args)):
         logging.getLogger("aoai_gateway").warning("configuration: %s", warning)
     path = _config_path(args)
@@ -70,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http=GatewayProtocol,  # uvicorn's httptools protocol with the caller limits
         access_log=False,
         log_level=args.log_level,
+        log_config=logs.log_config(fmt, args.log_level),  # every worker logs the same way
         timeout_graceful_shutdown=args.grace,
         server_header=False,
         proxy_headers=False,
@@ -85,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 args.workers,
             )
         os.environ["AOAI_GATEWAY_ACCESS_LOG"] = "0" if args.no_access_log else "1"
+        os.environ[logs.ENV_FORMAT] = fmt
         os.environ[ENV_HOST] = args.host  # each worker checks every (re)load against it
         if path is not None:
             os.environ["AOAI_GATEWAY_CONFIG"] = str(path.resolve())
@@ -103,6 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         make_loader(path, os.environ),
         watch=path if args.watch else None,
         access_log=not args.no_access_log,
+        log_format=fmt,
         host=args.host,
     )
     uvicorn.run(server, **common)

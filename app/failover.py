@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app import azure
+from app.attemptlog import AttemptLog, what_failed
 from app.errors import (
     GatewayError,
     RateLimited,
@@ -140,10 +141,13 @@ async def connect(
     trace: Trace,
     *,
     buffer: bool = False,
+    attempt_log: AttemptLog | None = None,
 ) -> Response:
     """The first response worth relaying; `recovers` is when the first candidate
-    that `routing.order` skipped as cooling is back (None if none was)."""
+    that `routing.order` skipped as cooling is back (None if none was). Each
+    failed attempt is reported to `attempt_log` (one warning, repeats summarized)."""
     outlook = _Outlook(recovers, recovers is not None)
+    failed = (attempt_log or AttemptLog(log, window=0)).failed
     for target in ordered:
         now = time.time()
         keys = [k for k in target.keys if not state.key_rejected(k.id, now)]
@@ -169,6 +173,7 @@ async def connect(
                 resp = await upstream.post(target.url, headers, body, timeout=policy.timeouts)
             except (TimedOut, ConnectFailed) as exc:
                 reason = TIMEOUT if isinstance(exc, TimedOut) else "connect_error"
+                failed(target.resource, target.deployment, key.id, what_failed(exc))
                 recorder.upstream(target, reason)
                 _down(state, target, policy, outlook, trace, reason, recorder)
                 break
@@ -180,7 +185,12 @@ async def connect(
                 try:
                     return _Read(resp, await resp.read())
                 except StreamBroken as exc:
-                    log.warning("body from %s broke before it was complete: %s", target.id, exc)
+                    failed(
+                        target.resource,
+                        target.deployment,
+                        key.id,
+                        f"HTTP {resp.status}, body broke before it was complete ({exc})",
+                    )
                     await resp.aclose()
                     _down(state, target, policy, outlook, trace, "stream_error", recorder)
                     break
@@ -211,17 +221,19 @@ async def connect(
                 continue
             if outcome is Outcome.KEY_REJECTED:
                 state.reject_key(key.id, time.time() + policy.rejected_key_ttl)
-                log.warning(
-                    "resource %s rejected a key (%s, HTTP %s); trying the next key",
+                failed(
                     target.resource,
+                    target.deployment,
                     key.id,
-                    resp.status,
+                    f"key rejected (HTTP {resp.status}); trying the next key",
                 )
                 trace.failures.append((target, KEY_REJECTED))
                 recorder.failover("key_rejected")
                 continue
             if outcome is Outcome.THROTTLED:
                 wait = azure.retry_after(resp.headers)
+                after = "" if wait is None else f", retry after {wait:g} s"
+                failed(target.resource, target.deployment, key.id, f"throttled (HTTP 429{after})")
                 until = time.time() + (policy.cooldown if wait is None else wait)
                 state.cool(target.id, until)
                 outlook.cooling(until)
@@ -230,21 +242,25 @@ async def connect(
                 recorder.failover("throttled")
                 break
             if outcome is Outcome.NOT_FOUND:
-                log.warning(
-                    "deployment %s not found on resource %s (HTTP 404): check models.%s",
-                    target.deployment,
+                failed(
                     target.resource,
-                    target.model,
+                    target.deployment,
+                    key.id,
+                    f"deployment {target.deployment} not found on resource {target.resource} "
+                    f"(HTTP 404): check models.{target.model}",
                 )
                 trace.failures.append((target, "deployment not found"))
                 recorder.failover("not_found")
                 break
             if outcome is Outcome.REDIRECT:
-                log.warning(
-                    "resource %s answered HTTP %s (a redirect, not followed): check its endpoint",
+                failed(
                     target.resource,
-                    resp.status,
+                    target.deployment,
+                    key.id,
+                    f"HTTP {resp.status} (a redirect, not followed): check its endpoint",
                 )
+            else:
+                failed(target.resource, target.deployment, key.id, f"HTTP {resp.status}")
             _down(state, target, policy, outlook, trace, f"HTTP {resp.status}", recorder)
             break
     raise _give_up(trace, outlook, exhausted=False)

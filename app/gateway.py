@@ -9,12 +9,14 @@ so a reload never changes the rules under a request in flight.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.accesslog import AccessLog
+from app.attemptlog import AttemptLog
 from app.auth import KeyTable
 from app.budget import Budgets
 from app.config import Config
@@ -43,6 +45,9 @@ class Services:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     recent: Recent = field(default_factory=Recent)  # the status page's window
     access_log: AccessLog | None = None
+    attempt_log: AttemptLog = field(  # one warning per failed upstream attempt, summarized
+        default_factory=lambda: AttemptLog(logging.getLogger("aoai_gateway"))
+    )
     watches: Watches = field(default_factory=Watches)  # client-disconnect listening
     credentials: Credentials = field(default_factory=Credentials)  # Entra ID token sources
 

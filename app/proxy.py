@@ -67,8 +67,11 @@ class Record:
 
     request_id: str
     started: float
+    path: str = ""
+    method: str = "POST"
     key: str = "-"
-    model: str = "-"
+    model: str = "-"  # the public model served (metrics label: only configured names)
+    asked: str | None = None  # the model the request named, served or not
     status: int = 0
     responded: bool = False  # http.response.start was sent
     ended: bool = False  # the last body byte was sent: a disconnect now is no hang-up
@@ -100,7 +103,11 @@ async def handle_chat(
     started = time.perf_counter()
     headers = _wanted_headers(scope)
     rid = headers.get(b"x-request-id")
-    rec = Record(request_id=rid.decode("latin-1") if rid else new_request_id(), started=started)
+    rec = Record(
+        request_id=rid.decode("latin-1") if rid else new_request_id(),
+        started=started,
+        path=scope["path"],
+    )
     task = asyncio.current_task()
     assert task is not None
     watch = Watch(receive, task, rec)
@@ -211,6 +218,7 @@ async def _serve(
 ) -> None:
     rec.count_tokens = caller.tpm is not None
     data, model = parse_request(body, path_model)
+    rec.asked = model
     if not caller.allows(model):  # before the lookup: a key learns nothing of other models
         raise Forbidden(f"This key may not use the model '{model}'.", param="model")
     targets = gw.table.get(model)
@@ -263,6 +271,7 @@ async def _serve(
         services.metrics,
         rec.trace,
         buffer=not stream,  # a whole body can still fail over until it is complete
+        attempt_log=services.attempt_log,
     )
     try:
         content_type = resp.headers.get("content-type", "")
@@ -397,8 +406,10 @@ def _finish(gw: Gateway, rec: Record) -> None:
         services.access_log.write(
             {
                 "request_id": rec.request_id,
+                "method": rec.method,
+                "path": rec.path,
                 "key": rec.key,
-                "model": model,
+                "model": rec.asked or model,
                 "resource": target.resource if target else None,
                 "deployment": target.deployment if target else None,
                 "status": rec.status,

@@ -26,13 +26,15 @@ from typing import Any
 
 from app.accesslog import AccessLog
 from app.api import build_api
+from app.auth import bearer_token
 from app.budget import Budgets
 from app.config import Config, ConfigError, config_from_env, load, resolve_path
 from app.cors import CORS
-from app.errors import MethodNotAllowed
+from app.errors import GatewayError, MethodNotAllowed
 from app.gateway import Gateway, Services
 from app.h1 import H1Upstream
 from app.listener import LIMITS_KEY, Limits
+from app.logs import ENV_FORMAT
 from app.loopback import exposure_error, keyless_refusal
 from app.metrics import Metrics
 from app.proxy import Message, Receive, Scope, Send, handle_chat, new_request_id, send_error
@@ -82,8 +84,10 @@ class Server:
         make_state: Callable[[Config, Metrics], State] | None = None,
         make_store: Callable[[Config], Store] | None = None,
         host: str | None = None,
+        log_format: str = "json",
     ) -> None:
         self.loader = loader
+        self.log_format = log_format  # the access log's: "json" or "text"
         self.host = host  # the listener's address; None: the embedder checks exposure itself
         self.watch = watch
         self.access_log = access_log
@@ -124,18 +128,49 @@ class Server:
             if len(path) > 1 and path.endswith("/"):
                 path = path.rstrip("/")
             is_chat, model = chat_route(path)
-            if is_chat:
-                if scope["method"] == "POST":
-                    await handle_chat(self.current(), scope, receive, send, model)
-                else:
-                    await send_error(
-                        send,
-                        MethodNotAllowed(f"Use POST for {path}."),
-                        request_id_of(scope),
-                    )
+            if is_chat and scope["method"] == "POST":
+                await handle_chat(self.current(), scope, receive, send, model)  # logs itself
                 return
-            send = _with_request_id(scope, send)
+            request_id = request_id_of(scope)
+            started = time.perf_counter()
+            sent = _Sent(send if is_chat else _with_request_id(request_id, send))
+            try:
+                if is_chat:
+                    error = MethodNotAllowed(f"Use POST for {path}.")
+                    await send_error(sent, error, request_id)
+                else:
+                    await self.api(scope, receive, sent)
+            finally:
+                self._log_other(scope, request_id, sent.status, started)
+            return
         await self.api(scope, receive, send)
+
+    def _log_other(self, scope: Scope, request_id: str, status: int, started: float) -> None:
+        """The access-log line of a request outside the hot path (models, admin, 404, ...)."""
+        services, gw = self.services, self.gateway
+        if services is None or services.access_log is None or gw is None:
+            return
+        if scope["path"] == "/healthz" and status == 200:
+            return  # health checks every few seconds would drown the log
+        headers = dict(scope["headers"])
+        auth, api_key = headers.get(b"authorization"), headers.get(b"api-key")
+        try:
+            key = gw.keys.authenticate(
+                bearer_token(auth.decode("latin-1")) if auth else None,
+                api_key.decode("latin-1").strip() if api_key else None,
+            ).name
+        except GatewayError:
+            key = "-"
+        services.access_log.write(
+            {
+                "request_id": request_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "key": key,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+        )
 
     # lifecycle ---------------------------------------------------------------
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -168,7 +203,7 @@ class Server:
         budgets = Budgets(usage, metrics)
         self.services = Services(make_upstream(os.environ), state, metrics, usage, budgets)
         if self.access_log:
-            self.services.access_log = AccessLog()
+            self.services.access_log = AccessLog(fmt=self.log_format)
         await state.start()
         await usage.start()
         self._use(config)
@@ -196,6 +231,7 @@ class Server:
             await s.credentials.close()
             s.watches.close()
             await s.upstream.aclose()
+            s.attempt_log.close()
             if s.access_log is not None:
                 s.access_log.flush()
 
@@ -259,8 +295,23 @@ def request_id_of(scope: Scope) -> str:
     return new_request_id()
 
 
-def _with_request_id(scope: Scope, send: Send) -> Send:
-    request_id = request_id_of(scope).encode("latin-1")
+class _Sent:
+    """`send`, remembering the status it answered with (0: nothing was sent)."""
+
+    __slots__ = ("_send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self._send(message)
+
+
+def _with_request_id(request_id_text: str, send: Send) -> Send:
+    request_id = request_id_text.encode("latin-1")
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -332,6 +383,9 @@ def create_app() -> Server:
     """uvicorn factory for `--workers N`: configuration from the environment."""
     path = resolve_path(None, os.environ)
     access_log = os.environ.get("AOAI_GATEWAY_ACCESS_LOG", "1") != "0"
+    log_format = os.environ.get(ENV_FORMAT, "json")
     # Not told the address (uvicorn run by hand): assume any, so keyless is refused.
     host = os.environ.get(ENV_HOST) or "0.0.0.0"
-    return Server(make_loader(path, os.environ), access_log=access_log, host=host)
+    return Server(
+        make_loader(path, os.environ), access_log=access_log, host=host, log_format=log_format
+    )
