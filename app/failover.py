@@ -257,7 +257,7 @@ async def connect(
                     target.resource,
                     target.deployment,
                     key.id,
-                    f"HTTP {resp.status} (a redirect, not followed): check its endpoint",
+                    f"answered HTTP {resp.status} (a redirect, not followed): check its endpoint",
                 )
             else:
                 failed(target.resource, target.deployment, key.id, f"HTTP {resp.status}")
