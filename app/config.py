@@ -457,6 +457,21 @@ def _resource_auth_errors(where: str, res: Resource) -> list[str]:
 
 
 ENV_GATEWAY_KEY = "AOAI_GATEWAY_KEY"
+ENV_REDIS_URL = "AOAI_GATEWAY_REDIS_URL"
+
+
+def with_env_redis(config: Config, environ: Mapping[str, str]) -> Config:
+    """`AOAI_GATEWAY_REDIS_URL` as `state.redis_url` when the configuration sets none.
+
+    docker-compose.yml sets it to its own Redis, so replicas share cooldowns,
+    limits and usage with any configuration; one that names its own Redis wins.
+    """
+    url = environ.get(ENV_REDIS_URL)
+    if not url or config.state.redis_url:
+        return config
+    return config.model_copy(update={"state": config.state.model_copy(update={"redis_url": url})})
+
+
 _ENV_NEEDED = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_DEPLOYMENTS")
 _ENV_MEANING = {
     "AZURE_OPENAI_ENDPOINT": "the resource's URL, https://NAME.openai.azure.com",

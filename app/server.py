@@ -28,7 +28,14 @@ from app.accesslog import AccessLog
 from app.api import build_api
 from app.auth import bearer_token
 from app.budget import Budgets
-from app.config import Config, ConfigError, config_from_env, load, resolve_path
+from app.config import (
+    Config,
+    ConfigError,
+    config_from_env,
+    load,
+    resolve_path,
+    with_env_redis,
+)
 from app.cors import CORS
 from app.errors import GatewayError, MethodNotAllowed
 from app.gateway import Gateway, Services
@@ -362,7 +369,7 @@ def default_store(config: Config) -> Store:
 def make_loader(path: Path | None, environ: Mapping[str, str]) -> Loader:
     """Read the file each time it is called (for reloads), or the environment."""
     if path is not None:
-        return lambda: load(path, environ)
+        return lambda: with_env_redis(load(path, environ), environ)
 
     def from_env() -> Config:
         config = config_from_env(environ)
@@ -374,7 +381,7 @@ def make_loader(path: Path | None, environ: Mapping[str, str]) -> Loader:
                     "and AZURE_OPENAI_DEPLOYMENTS"
                 ]
             )
-        return config
+        return with_env_redis(config, environ)
 
     return from_env
 

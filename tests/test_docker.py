@@ -136,7 +136,12 @@ def test_own_config_dir_is_one_variable_away(tmp_path: Path) -> None:
         "services"
     ]
     assert f"{tmp_path}:/app/config:ro" in services["gateway"]["volumes"]
-    assert services["gateway"]["environment"] == {"AZURE_KEY": "x"}
+    assert services["gateway"]["environment"] == {
+        "AZURE_KEY": "x",
+        # a configuration without state.redis_url still shares state between the replicas
+        "AOAI_GATEWAY_REDIS_URL": "redis://redis:6379/0",
+    }
+    assert "redis" in services["gateway"]["depends_on"]
     assert "9999" in str(services["lb"]["ports"])
 
 

@@ -474,3 +474,22 @@ async def _stored_usage(url: str) -> dict[str, Any]:
         return await usage.report()
     finally:
         await usage.close()
+
+
+def test_compose_redis_variable_shares_state_when_the_config_names_none(
+    redis_url: str, sim: Any, start_gateway: Any
+) -> None:
+    """docker-compose.yml sets AOAI_GATEWAY_REDIS_URL: a config without state.redis_url
+    (an operator's own) still shares usage and limits between the replicas."""
+    config = base_config(sim)
+    config["gateway"]["keys"][0]["rpm"] = 3
+    env = {"AOAI_GATEWAY_REDIS_URL": redis_url}
+    first, second = start_gateway(config, env=env), start_gateway(config, env=env)
+    headers = {"Authorization": f"Bearer {GATEWAY_KEY}"}
+    codes = [
+        httpx.post(gw.base_url + "/chat/completions", json=CHAT, headers=headers).status_code
+        for gw in (first, second, first, second)
+    ]
+    assert codes == [200, 200, 200, 429]  # one rpm window across both gateways
+    metrics = httpx.get(first.url + "/metrics").text
+    assert 'aoai_gateway_state_backend_up{backend="redis"} 1.0' in metrics
