@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from app.auth import Caller, bearer_token
+from app.auth import Caller, basic_password, bearer_token
 from app.errors import (
     BadRequest,
     Forbidden,
@@ -31,7 +31,13 @@ from app.usage import StoreUnavailable
 
 
 def build_api(current: Callable[[], Gateway], loaded_at: Callable[[], int]) -> FastAPI:
-    api = FastAPI(title="aoai-gateway", docs_url=None, redoc_url=None, openapi_url=None)
+    api = FastAPI(
+        title="aoai-gateway",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,  # server._dispatch strips a trailing slash instead
+    )
 
     def gateway() -> Gateway:
         return current()
@@ -109,7 +115,15 @@ def build_api(current: Callable[[], Gateway], loaded_at: Callable[[], int]) -> F
         return {"status": "ok"}
 
     @api.get("/metrics")
-    def metrics(gw: Annotated[Gateway, Depends(gateway)]) -> Response:
+    def metrics(request: Request, gw: Annotated[Gateway, Depends(gateway)]) -> Response:
+        if gw.config.gateway.metrics_auth:  # Prometheus: Bearer (authorization:) or basic_auth
+            auth = request.headers.get("authorization")
+            who = gw.keys.authenticate(
+                bearer_token(auth) or basic_password(auth),
+                (request.headers.get("api-key") or "").strip() or None,
+            )
+            if not who.admin:
+                raise Forbidden("/metrics is for admin keys only (gateway.metrics_auth).")
         return Response(gw.services.metrics.render(), media_type=CONTENT_TYPE)
 
     @api.get("/admin/usage")

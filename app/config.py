@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -55,6 +56,19 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
+def _one_line(value: SecretStr) -> SecretStr:
+    """A key goes into an HTTP header: a CR/LF or other control character would split it."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value.get_secret_value()):
+        raise ValueError(
+            "contains a line break or another control character; a key is one line of "
+            "text (check the variable or file it comes from)"
+        )
+    return value
+
+
+Secret = Annotated[SecretStr, AfterValidator(_one_line)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,7 +80,7 @@ class Budget(_Model):
 
 class GatewayKey(_Model):
     name: str = Field(min_length=1)
-    key: SecretStr | None = None
+    key: Secret | None = None
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     models: tuple[str, ...] | None = None
     rpm: int | None = Field(default=None, gt=0)
@@ -87,6 +101,7 @@ class GatewaySettings(_Model):
     body_timeout: float = Field(default=60.0, gt=0)
     keep_alive_timeout: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
+    metrics_auth: bool = False  # /metrics needs an admin key (README, Security)
 
 
 Api = Literal["v1", "legacy"]
@@ -110,14 +125,14 @@ class Entra(_Model):
     credential: EntraCredential = "default"
     client_id: str | None = None
     tenant_id: str | None = None
-    client_secret: SecretStr | None = None
+    client_secret: Secret | None = None
     scope: str = DEFAULT_ENTRA_SCOPE
 
 
 class Resource(_Model):
     endpoint: Annotated[str, BeforeValidator(_endpoint)]
     auth: Literal["keys", "entra"] = "keys"  # validated before `keys`, which depends on it
-    keys: tuple[SecretStr, ...] = Field(default=(), validate_default=True)
+    keys: tuple[Secret, ...] = Field(default=(), validate_default=True)
     entra: Entra | None = None
     api: Api = "v1"
     api_version: str | None = None

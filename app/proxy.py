@@ -20,12 +20,11 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from app import azure, relay
 from app.auth import Caller, bearer_token
@@ -41,6 +40,7 @@ from app.errors import (
 )
 from app.failover import Trace, connect, cool_down
 from app.gateway import Gateway
+from app.jsonbody import load_object
 from app.pricing import NANO
 from app.routing import Target, order
 from app.upstream import Response, StreamBroken
@@ -97,14 +97,25 @@ def new_request_id() -> str:
     return os.urandom(12).hex()
 
 
+# A caller's x-request-id is echoed and logged only if it looks like an id: short, and
+# nothing that could break a log line or a header (UUIDs, hex, ULIDs, req_... all pass).
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")
+
+
+def request_id(value: bytes | None) -> str:
+    """The caller's `x-request-id` if it is sane, else a new one."""
+    if value and _SANE_ID.fullmatch(value):
+        return value.decode("ascii")
+    return new_request_id()
+
+
 async def handle_chat(
     gw: Gateway, scope: Scope, receive: Receive, send: Send, path_model: str | None = None
 ) -> None:
     started = time.perf_counter()
     headers = _wanted_headers(scope)
-    rid = headers.get(b"x-request-id")
     rec = Record(
-        request_id=rid.decode("latin-1") if rid else new_request_id(),
+        request_id=request_id(headers.get(b"x-request-id")),
         started=started,
         path=scope["path"],
     )
@@ -189,14 +200,7 @@ async def _read_body(gw: Gateway, headers: dict[bytes, bytes], receive: Receive)
 
 def parse_request(body: bytes, path_model: str | None) -> tuple[dict[str, Any], str]:
     """The request as a dict and the public model it asks for; 400 if unusable."""
-    if not body:
-        raise BadRequest("Request body is empty: expected a JSON object.")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("Request body must be a JSON object.")
+    data = load_object(body)
     model = path_model or data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("Missing required parameter: 'model'.", param="model")

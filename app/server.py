@@ -44,7 +44,16 @@ from app.listener import LIMITS_KEY, Limits
 from app.logs import ENV_FORMAT
 from app.loopback import exposure_error, keyless_refusal
 from app.metrics import Metrics
-from app.proxy import Message, Receive, Scope, Send, handle_chat, new_request_id, send_error
+from app.proxy import (
+    Message,
+    Receive,
+    Scope,
+    Send,
+    handle_chat,
+    new_request_id,
+    request_id,
+    send_error,
+)
 from app.state import MemoryState, State
 from app.upstream import AiohttpUpstream, Upstream
 from app.usage import RedisStore, SQLiteStore, Store, Usage
@@ -133,7 +142,10 @@ class Server:
                     return
             path = scope["path"]
             if len(path) > 1 and path.endswith("/"):
-                path = path.rstrip("/")
+                # Served as without the slash: no redirect, whose Location would be
+                # built from the caller's Host header.
+                path = path.rstrip("/") or "/"
+                scope = {**scope, "path": path, "raw_path": path.encode()}
             is_chat, model = chat_route(path)
             if is_chat and scope["method"] == "POST":
                 await handle_chat(self.current(), scope, receive, send, model)  # logs itself
@@ -295,10 +307,10 @@ class Server:
 
 
 def request_id_of(scope: Scope) -> str:
-    """The client's `x-request-id`, else a new one."""
+    """The client's `x-request-id` if it is sane, else a new one."""
     for name, value in scope["headers"]:
-        if name == b"x-request-id" and value:
-            return str(value.decode("latin-1"))
+        if name == b"x-request-id":
+            return request_id(value)
     return new_request_id()
 
 

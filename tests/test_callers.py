@@ -7,13 +7,23 @@ that has not authenticated the caller, heads that never end, trickles.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import base_config
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import GATEWAY_KEY, ROOT, Gateway, Sim, base_config, launch_gateway
+
+CHAT_BODY = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
 
 MB = 1024 * 1024
 
@@ -102,3 +112,159 @@ def test_unauthenticated_huge_bodies_do_not_grow_memory(sim: Any, start_gateway:
     assert len(answers) == 40
     assert set(answers) <= {b"HTTP/1.1 401", b"", b"reset"}, set(answers)
     assert b"HTTP/1.1 401" in answers
+
+
+# --- item 8: the smaller ones -----------------------------------------------------------------
+
+ADMIN_KEY = "test-admin-key-root"
+LONG_ID = "r" * 10_000
+
+
+@pytest.fixture(scope="module")
+def gw8(sims: dict[str, Sim], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One gateway for item 8: an admin key, and /metrics behind it."""
+    config = base_config(sims)
+    config["gateway"] = {
+        "keys": [
+            {"name": "alice", "key": GATEWAY_KEY},
+            {"name": "root", "key": ADMIN_KEY, "admin": True},
+        ],
+        "metrics_auth": True,
+    }
+    gateway = launch_gateway(tmp_path_factory.mktemp("callers"), 0, config)
+    yield gateway
+    gateway.stop()
+
+
+def chat(gw: Gateway, body: bytes, **headers: str | bytes) -> httpx.Response:
+    return httpx.post(
+        gw.url + "/v1/chat/completions",
+        content=body,
+        headers={**gw.headers(), "content-type": "application/json", **headers},
+        timeout=30,
+    )
+
+
+def nested(levels: int) -> bytes:
+    """A chat request with a field nested `levels` deep (the object itself is level 1)."""
+    inner = b"[" * (levels - 1) + b"]" * (levels - 1)
+    return b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "x": ' + (
+        inner + b"}"
+    )
+
+
+@pytest.mark.parametrize("levels", [255, 300, 1024, 1025, 5000])
+def test_json_nested_too_deep_is_400_not_500(gw8: Gateway, levels: int) -> None:
+    r = chat(gw8, nested(levels))
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "nested" in error["message"] or "depth" in error["message"]
+
+
+def test_json_nested_254_levels_is_served(gw8: Gateway) -> None:
+    assert chat(gw8, nested(254)).status_code == 200
+
+
+def test_sane_request_ids_are_echoed_and_others_replaced(gw8: Gateway) -> None:
+    sane = "req_01HZX3-abc.def:42"
+    assert chat(gw8, CHAT_BODY, **{"x-request-id": sane}).headers["x-request-id"] == sane
+    for bad in (LONG_ID.encode(), b'a b"c', b"x" * 129, "é".encode("latin-1")):
+        for r in (
+            chat(gw8, CHAT_BODY, **{"x-request-id": bad}),
+            httpx.get(gw8.base_url + "/models", headers={**gw8.headers(), "x-request-id": bad}),
+        ):
+            rid = r.headers["x-request-id"]
+            assert rid.encode() != bad and len(rid) == 24 and int(rid, 16) >= 0, rid
+
+
+def test_trailing_slash_is_served_without_a_redirect(gw8: Gateway) -> None:
+    for path, status in (("/v1/models/", 200), ("/healthz/", 200), ("/status/", 403)):
+        r = httpx.get(
+            gw8.url + path,
+            headers={**gw8.headers(), "host": "evil.example"},
+            follow_redirects=False,
+        )
+        assert r.status_code == status, (path, r.status_code, r.headers)
+        assert "location" not in r.headers
+
+
+def test_metrics_auth_requires_an_admin_key(gw8: Gateway) -> None:
+    url = gw8.url + "/metrics"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {GATEWAY_KEY}"}).status_code == 403
+    r = httpx.get(url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert r.status_code == 200 and "aoai_gateway_requests_total" in r.text
+    assert httpx.get(url, auth=("prometheus", ADMIN_KEY)).status_code == 200  # basic_auth
+
+
+def test_metrics_are_open_by_default(sim: Any, start_gateway: Any) -> None:
+    gw = start_gateway(base_config(sim))
+    assert httpx.get(gw.url + "/metrics").status_code == 200
+
+
+def test_logs_hold_no_oversized_request_id_and_no_traceback(gw8: Gateway) -> None:
+    """Last in the module: stops the gateway so the access log is flushed."""
+    gw8.stop()
+    logs = gw8.logs()
+    assert '"request_id"' in logs  # the access log is there
+    assert "r" * 129 not in logs
+    assert "Traceback" not in logs
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("gateway key", "good\r\nX-Evil: 1"), ("azure key", "k1\nInjected: yes"), ("tab", "k\tk")],
+)
+def test_control_characters_in_keys_are_configuration_errors(
+    tmp_path: Path, where: str, value: str
+) -> None:
+    config: dict[str, Any] = {
+        "gateway": {"keys": [{"name": "a", "key": "fine-key"}]},
+        "resources": {"r": {"endpoint": "https://r.openai.azure.com", "keys": ["fine"]}},
+        "models": {"m": ["r/d"]},
+    }
+    if where == "gateway key":
+        config["gateway"]["keys"][0]["key"] = value
+    else:
+        config["resources"]["r"]["keys"] = [value]
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for command in ("check", "serve"):
+        done = run_cli(command, "--config", str(path))
+        assert done.returncode == 2, done
+        assert "control character" in done.stderr
+        assert value not in done.stderr + done.stdout
+        assert "Traceback" not in done.stderr
+
+
+def test_check_never_prints_an_endpoints_user_and_password(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "resources:\n"
+        "  r: {endpoint: 'https://admin:s3cret-pw@r.openai.azure.com', keys: [k]}\n"
+        "models:\n  m: [r/d]\n"
+    )
+    from_file = run_cli("check", "--config", str(path))
+    from_env = run_cli(
+        "check",
+        env={
+            "AZURE_OPENAI_ENDPOINT": "https://admin:s3cret-pw@r.openai.azure.com",
+            "AZURE_OPENAI_API_KEY": "k",
+            "AZURE_OPENAI_DEPLOYMENTS": "gpt-4o",
+        },
+    )
+    for done in (from_file, from_env):
+        assert done.returncode == 2, done
+        assert "s3cret-pw" not in done.stdout + done.stderr
+        assert "user name or password" in done.stderr
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_OPENAI_", "AOAI_"))}
+    run_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args, "--port", "1"] if args[0] == "serve"
+        else [sys.executable, "-m", "app", *args],
+        capture_output=True, text=True, env=run_env, timeout=60, cwd=ROOT,
+    )  # fmt: skip
