@@ -15,12 +15,16 @@ resource with the same `entra:` settings (`Credentials` keeps one per
 distinct settings and survives reloads). It fetches the token at start-up,
 then refreshes it in the background before it expires (at the credential's
 `refresh_on`, else `REFRESH_MARGIN` before expiry, half-way for short-lived
-tokens), retrying with backoff when the identity endpoint
-fails. Requests only read the current headers; nothing fetches a token on the
-hot path except `renew()` after a 401, at most once per `RENEW_INTERVAL`.
+tokens), retrying with backoff when the identity endpoint fails. Requests only
+read the current headers; nothing fetches a token on the hot path except
+`renew()` after a 401, at most once per `RENEW_INTERVAL`.
+
+`headers` carry `content-type: application/json`; an operation that sends
+another body merges its own content type over them.
 
 A token never leaves this module except inside the `Authorization` header:
-no repr, log line, status or error message holds it.
+no repr, log line, status or error message holds it, and `Credentials.secrets`
+lets `app.redact` scrub it from answers that quote it back.
 """
 
 from __future__ import annotations
