@@ -116,7 +116,8 @@ def test_cost_everywhere_usage_is_shown(azure: Sim, start_gateway: Any) -> None:
     assert "cost (USD)" in page and f"{2 * GPT4O_CALL / 1e9:.6f}" in page and "unpriced" in page
 
     gw.stop()
-    lines = [json.loads(x) for x in gw.logs().splitlines() if x.startswith('{"request_id"')]
+    lines = [json.loads(x) for x in gw.logs().splitlines() if x.startswith("{")]
+    lines = [x for x in lines if x.get("path", "").endswith("/chat/completions")]
     by_model = {(x["model"], x["stream"]): x for x in lines}
     assert by_model[("gpt-4o", False)]["cost_usd"] == pytest.approx(GPT4O_CALL / 1e9)
     assert by_model[("gpt-4o", True)]["cost_usd"] == pytest.approx(GPT4O_CALL / 1e9)
