@@ -9,9 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
+# Dependencies at the exact versions (and hashes) of requirements.lock, in their own
+# layer; then the gateway itself with --no-deps, so nothing else is resolved at build.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install . \
+RUN pip install . --no-deps \
  && rm -rf /src \
  && useradd --system --uid 10001 --user-group --no-create-home --home-dir /app \
       --shell /usr/sbin/nologin gateway \

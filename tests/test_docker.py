@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +159,12 @@ def test_dockerfile_is_slim_non_root_with_a_healthcheck_and_the_readme_commands(
     assert "useradd" in runs and user in runs  # a system user made for the purpose
     assert words.index("CMD") > user_at and words.index("HEALTHCHECK") > user_at
 
-    # the README's commands: pip install . then aoai-gateway serve --host 0.0.0.0
-    assert re.search(r"(^|&& )pip install \.( |$)", runs)
+    # the README's commands: the lock file, pip install . then aoai-gateway serve --host 0.0.0.0
+    each = [args for w, args in steps if w == "RUN"]
+    locked = next(i for i, a in enumerate(each) if "-r requirements.lock" in a)
+    assert "--require-hashes" in each[locked]
+    built = next(i for i, a in enumerate(each) if re.search(r"(^|&& )pip install \.( |$)", a))
+    assert locked < built and "--no-deps" in each[built]  # nothing resolved but the lock
     cmd = exec_form(dict(steps)["CMD"])
     assert cmd[:4] == ["aoai-gateway", "serve", "--host", "0.0.0.0"]
     readme = (ROOT / "README.md").read_text()
@@ -185,6 +190,32 @@ def test_dockerfile_is_slim_non_root_with_a_healthcheck_and_the_readme_commands(
             for src in args.split()[:-1]:
                 assert (ROOT / src).exists(), src
                 assert f"!{src.rstrip('/')}" in ignore.replace("/\n", "\n"), src
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {
+        re.split(r"[\[<>=~! ;]", r.strip(), maxsplit=1)[0].lower().replace("_", "-")
+        for r in requirements
+    }
+
+
+@pytest.mark.parametrize(
+    ("lock", "extras"), [("requirements.lock", ()), ("requirements-dev.lock", ("dev",))]
+)
+def test_lock_files_pin_every_dependency_with_hashes(lock: str, extras: tuple[str, ...]) -> None:
+    """The lock files are current: regenerate them with the commands in their first lines
+    (README, Upgrading) whenever pyproject.toml's dependencies change."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = _names(project["dependencies"])
+    for extra in extras:
+        wanted |= _names(project["optional-dependencies"][extra])
+    text = (ROOT / lock).read_text()
+    assert "uv pip compile pyproject.toml" in text.splitlines()[1]
+    pinned = {m.lower() for m in re.findall(r"^([A-Za-z0-9_.\-]+)==", text, re.M)}
+    pinned = {p.replace("_", "-") for p in pinned}
+    assert wanted <= pinned, f"not in {lock}: {sorted(wanted - pinned)}"
+    entries = re.split(r"^(?=[A-Za-z0-9])", text, flags=re.M)[1:]  # one per package
+    assert len(entries) == len(pinned) and all("--hash=sha256:" in e for e in entries)
 
 
 def test_healthcheck_command_works_against_a_running_gateway(sim: Any, start_gateway: Any) -> None:
