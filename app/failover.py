@@ -202,19 +202,21 @@ async def connect(
                 if resp.status == 401 and not renewed:
                     renewed = True  # one new token and one retry on this resource
                     if await key.renew(headers):
-                        log.warning(
-                            "resource %s answered 401 to the Entra ID token; "
-                            "retrying once with a new token",
+                        failed(
                             target.resource,
+                            target.deployment,
+                            key.id,
+                            "Entra ID token refused (HTTP 401); retrying once with a new token",
                         )
                         keys.append(key)
                         continue
                 state.reject_key(key.id, time.time() + policy.rejected_key_ttl)
-                log.warning(
-                    "resource %s rejected the Entra ID token (HTTP %s): the identity lacks a "
-                    "role on this resource: assign Cognitive Services OpenAI User",
+                failed(
                     target.resource,
-                    resp.status,
+                    target.deployment,
+                    key.id,
+                    f"Entra ID token rejected (HTTP {resp.status}): the identity lacks a role "
+                    "on this resource: assign Cognitive Services OpenAI User",
                 )
                 trace.failures.append((target, TOKEN_REJECTED))
                 recorder.failover("token_rejected")
