@@ -183,6 +183,8 @@ class _Compact:
 
 
 def _describe(r: dict[str, Any]) -> str:
+    if "attempts" not in r:  # a route outside the hot path: models, status, a 404, ...
+        return f"  {r.get('status')} {r.get('method')} {r.get('path')} in {r.get('duration_ms')} ms"
     where = f"{r.get('resource')}/{r.get('deployment')}" if r.get("resource") else None
     tries = r.get("attempts") or 0
     head = f"  {r.get('status')} {r.get('model')} {'stream' if r.get('stream') else 'request'}"

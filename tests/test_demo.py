@@ -96,6 +96,7 @@ def test_demo_streams_then_fails_over_to_the_other_region(
     assert proc.wait(15) == 0
     log = out.read_text()
     assert "served by sweden/gpt-4o" in log and "demo stopped" in log
+    assert "  200 GET /status in " in log and "None" not in log  # other routes read right too
     assert "Traceback" not in log
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/healthz", timeout=2)
