@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app.config import ConfigError, parse
@@ -88,3 +90,31 @@ def test_every_problem_is_reported_at_once_each_with_its_path() -> None:
         "routing.cooldown: must be at least 0.0, found '-1'",
         "models.m[0].resource: unknown resource 'westus'",
     ]
+
+
+def test_check_reports_every_trap_at_once_in_plain_words(tmp_path: Path) -> None:
+    from tests.test_cli import run
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "resources:\n  sweden:\n    endpoint: https://s.openai.azure.com\n    keys: [0123]\n"
+        "    api: legacy\n    api_version: 2024-10-21\n"
+        "models:\n  gpt-4o:\n    eastus: gpt-4o\n"
+        "gateway:\n  keys:\n    - {name: a, key_sha256: not-hex}\n"
+    )
+    result = run("check", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"invalid configuration ({path}):",
+        "  - gateway.keys[0].key_sha256: must be 64 hex characters, the output of "
+        "`aoai-gateway hash-key`",
+        "  - resources.sweden.keys[0]: YAML read 83 as a number, not text; put it in quotes: "
+        '"83" (a number with a leading 0 loses it)',
+        "  - resources.sweden.api_version: YAML read 2024-10-21 as a date, not text; put it in "
+        'quotes: "2024-10-21"',
+        "  - models.gpt-4o: must be a list (lines starting with '- ', or [a, b]), found a mapping",
+    ]
+    path.write_text("resources:\n  sweden:\n\tendpoint: https://s\n")
+    tabs = run("check", "--config", str(path), cwd=tmp_path)
+    assert tabs.returncode == 2 and "line 3: indented with a tab" in tabs.stderr
+    assert "Traceback" not in result.stderr + tabs.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from app.config import ConfigError
 from app.envfile import load_env_file, parse_env
-from tests.conftest import SIM_KEYS, base_config
+from tests.conftest import ROOT, SIM_KEYS, base_config
 from tests.test_cli import run
 
 
@@ -92,3 +93,20 @@ def test_serve_reads_the_env_file(sim: Any, start_gateway: Any, tmp_path: Path) 
     refused = openai.OpenAI(base_url=gw.base_url, api_key="from-the-env-file", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         refused.models.list()
+
+
+@pytest.mark.parametrize(
+    ("path", "ignored"),
+    [
+        ("config/gateway.yaml", True),
+        ("config/gateway.env", True),
+        ("usage.db", True),
+        ("deploy/demo/gateway.env", False),  # the demo's, not a secret: kept in git
+        ("config/example.yaml", False),
+    ],
+)
+def test_gitignore_keeps_the_operators_secrets_out_of_git(path: str, ignored: bool) -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    done = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT, timeout=30)
+    assert (done.returncode == 0) is ignored
