@@ -1,4 +1,4 @@
-# aoai-gateway: the same steps as the README's "Operations" section.
+# aoai-gateway: the same steps as the README's "Running it" section.
 #   docker build -t aoai-gateway .
 #   docker run -p 8000:8000 -v "$PWD/config:/app/config:ro" --env-file config/gateway.env aoai-gateway
 FROM python:3.11-slim

@@ -169,7 +169,7 @@ def test_dockerfile_is_slim_non_root_with_a_healthcheck_and_the_readme_commands(
     assert cmd[:4] == ["aoai-gateway", "serve", "--host", "0.0.0.0"]
     readme = (ROOT / "README.md").read_text()
     assert "pip install ." in readme
-    assert " ".join(cmd) in readme, "README's Operations section must show the image's command"
+    assert " ".join(cmd) in readme, "README's 'Running it' section must show the image's command"
 
     # the configuration lives in /app/config, read as config/gateway.yaml from /app
     workdirs = [args for w, args in steps if w == "WORKDIR"]
