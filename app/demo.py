@@ -32,6 +32,7 @@ import uvicorn
 from app.accesslog import AccessLog
 from app.config import Config, validate
 from app.errors import GatewayError, MethodNotAllowed, NotFound
+from app.listener import GatewayProtocol
 from app.loopback import is_loopback
 from app.proxy import Receive, Scope, Send, send_error
 from app.server import Server, request_id_of
@@ -151,12 +152,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(app: Any, sock: socket.socket) -> _Server:
+def _server(app: Any, sock: socket.socket, http: Any = "auto") -> _Server:
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=http,
         log_level="warning",
         access_log=False,
         lifespan="on",
@@ -280,7 +282,7 @@ async def _serve(gateway_sock: socket.socket, base: str) -> int:
         config = demo_config(urls, f"{tmp}/usage.db")
         app = DemoApp(_DemoServer(lambda: config, access_log=False), sims)
         sim_servers = [_server(sims[r], sim_socks[r]) for r in REGIONS]
-        gateway = _server(app, gateway_sock)
+        gateway = _server(app, gateway_sock, GatewayProtocol)  # serve's caller limits
         sim_tasks = [
             loop.create_task(s.serve(sockets=[sim_socks[r]]))
             for s, r in zip(sim_servers, REGIONS, strict=True)
