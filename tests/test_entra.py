@@ -11,19 +11,32 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import stat
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import trustme
 import yaml
 
-from tests.conftest import GATEWAY_KEY, SIM_KEYS, Gateway, Sim, wait_for
+from tests.conftest import (
+    GATEWAY_KEY,
+    ROOT,
+    SIM_KEYS,
+    Gateway,
+    Sim,
+    free_port,
+    stop,
+    wait_for,
+)
 from tests.test_cli import run
 
 IDENTITY_HEADER = "sim-identity-header"  # the simulator's default
@@ -364,3 +377,95 @@ def test_env_only_quick_start_with_entra(
     gw = start_gateway(None, env=env)
     assert ask(gw, "gpt-4o")
     assert bearers(east)[-1].startswith("Bearer simtok.")
+
+
+# --- credentials that talk to Entra ID's token endpoint -----------------------------------
+
+TENANT = "00000000-0000-0000-0000-0000000000aa"
+WORKLOAD_CLIENT = "00000000-0000-0000-0000-0000000000bb"
+APP_CLIENT = "00000000-0000-0000-0000-0000000000cc"
+
+
+def trusting(ca_file: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A simulator serving https (azure-identity refuses an http authority): its
+    base URL, and the CA file that trusts it."""
+    ca = trustme.CA()
+    where = tmp_path_factory.mktemp("authority")
+    cert, key, ca_file = where / "cert.pem", where / "key.pem", where / "ca.pem"
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "app.simulator", "--port", str(port)),
+            *("--tls-cert", str(cert), "--tls-key", str(key)),
+        ],
+        cwd=ROOT,
+    )
+    url = f"https://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            answer = httpx.get(url + "/healthz", verify=trusting(ca_file), timeout=1)
+        except httpx.TransportError:
+            return False
+        return answer.status_code == 200
+
+    try:
+        assert wait_for(up, 15), "the https simulator did not start"
+        yield url, ca_file
+    finally:
+        stop(proc)
+
+
+def test_workload_identity_and_client_secret_against_entra_ids_token_endpoint(
+    sim: dict[str, Sim],
+    start_gateway: Callable[..., Gateway],
+    authority: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    url, ca_file = authority
+    federated = tmp_path / "federated-token"  # what AKS projects into a workload identity pod
+    federated.write_text("a-federated-token-from-aks")
+    cfg = config(sim, {"credential": "workload_identity"})
+    cfg["resources"]["sweden"] = {
+        "endpoint": sim["sweden"].url,
+        "auth": "entra",
+        "entra": {
+            "credential": "client_secret",
+            "tenant_id": TENANT,
+            "client_id": APP_CLIENT,
+            "client_secret": "${APP_SECRET}",
+        },
+    }
+    env = {
+        "AZURE_AUTHORITY_HOST": url,
+        "SSL_CERT_FILE": str(ca_file),
+        "AZURE_TENANT_ID": TENANT,
+        "AZURE_CLIENT_ID": WORKLOAD_CLIENT,
+        "AZURE_FEDERATED_TOKEN_FILE": str(federated),
+        "APP_SECRET": "the-app-registrations-secret",
+    }
+    gw = start_gateway(cfg, env=env)
+    assert ask(gw, "gpt-4o")  # eastus, workload identity
+    assert ask(gw, "keys-first")  # sweden, client secret
+    for s in (sim["eastus"], sim["sweden"]):
+        assert bearers(s)[-1].startswith("Bearer simtok.")
+    seen = httpx.get(url + "/_sim/entra", verify=trusting(ca_file), timeout=5).json()
+    by = {r["client_id"]: r for r in seen["token_requests"][-2:]}
+    workload, app = by[WORKLOAD_CLIENT], by[APP_CLIENT]
+    assert workload["with"] == "client_assertion" and app["with"] == "client_secret"
+    assert workload["proof_sha256"] == sha256(b"a-federated-token-from-aks").hexdigest()
+    assert app["proof_sha256"] == sha256(b"the-app-registrations-secret").hexdigest()
+    for r in (workload, app):
+        assert r["tenant"] == TENANT and r["grant_type"] == "client_credentials"
+        assert r["scope"] == "https://cognitiveservices.azure.com/.default"
+    assert "the-app-registrations-secret" not in gw.logs()
+    assert_no_token_in(tokens_seen(sim["eastus"], sim["sweden"]), gw.logs())

@@ -24,10 +24,11 @@ def quiet_drop_logs() -> None:
 
 
 def run(host: str, port: int, config: SimConfig | None = None) -> None:
-    """Serve a Simulator with uvicorn until interrupted."""
+    """Serve a Simulator with uvicorn until interrupted (over TLS with `config.tls`)."""
     import uvicorn
 
     quiet_drop_logs()
+    tls = config.tls if config is not None else None
     uvicorn.run(
         Simulator(config),
         host=host,
@@ -37,6 +38,8 @@ def run(host: str, port: int, config: SimConfig | None = None) -> None:
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=1,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
 
 
@@ -61,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, SimConfig]:
     p.add_argument("--reply", default=None, help="fixed reply text")
     p.add_argument("--token-ttl", type=float, default=d.token_ttl, help="s an Entra token lives")
     p.add_argument("--identity-header", default=d.identity_header, help="IDENTITY_HEADER")
+    p.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    p.add_argument("--tls-key", help="the certificate's private key (PEM)")
     a = p.parse_args(argv)
     config = SimConfig(
         keys=a.keys,
@@ -72,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, SimConfig]:
         reply=a.reply,
         token_ttl=a.token_ttl,
         identity_header=a.identity_header,
+        tls=(a.tls_cert, a.tls_key) if a.tls_cert and a.tls_key else None,
     )
     return a.host, a.port, config
 

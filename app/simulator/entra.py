@@ -16,6 +16,14 @@ Entra ID tenant in front of several resources. A resource accepts a token it can
 that has not expired and was not revoked; otherwise it answers 401 as Azure does, and
 with `deny` (the identity lacks a role) 401 PermissionDenied.
 
+It also answers as Entra ID's own token endpoint, for the credentials that talk to it
+(workload identity, client secret: `AZURE_AUTHORITY_HOST` pointed at a simulator served
+over TLS, as azure-identity requires https there):
+
+    POST /{tenant}/oauth2/v2.0/token   (form: grant_type=client_credentials, client_id, scope,
+        client_assertion + client_assertion_type (workload identity) or client_secret)
+    -> 200 {"token_type": "Bearer", "expires_in": 3599, "access_token": "..."}
+
 Control (`/_sim/entra`): `ttl` (seconds a new token lives), `fail` (the token endpoint
 answers 500 to the next `fail` requests; -1: until reset), `deny`, `revoke` (every token
 this resource has accepted so far stops working).
@@ -34,6 +42,8 @@ from typing import Any, Final
 import orjson
 
 IDENTITY_PATH: Final = "/msi/token"
+OAUTH_SUFFIX: Final = "/oauth2/v2.0/token"
+JWT_BEARER: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 API_VERSION: Final = "2019-08-01"
 PREFIX: Final = "simtok."
 
@@ -136,6 +146,37 @@ class Identity:
                 "resource": params["resource"],
                 "token_type": "Bearer",
                 "client_id": params.get("client_id", "00000000-0000-0000-0000-000000000000"),
+            }
+        )
+
+    def oauth_token(self, tenant: str, form: bytes) -> tuple[int, bytes]:
+        """(status, body) of one client-credentials request to Entra ID's token endpoint."""
+        fields = {k: v[0] for k, v in urllib.parse.parse_qs(form.decode("latin-1")).items()}
+        assertion = fields.get("client_assertion_type") == JWT_BEARER
+        proof = fields.get("client_assertion" if assertion else "client_secret") or ""
+        self.token_requests.append(
+            {
+                "tenant": tenant,
+                "client_id": fields.get("client_id"),
+                "scope": fields.get("scope"),
+                "grant_type": fields.get("grant_type"),
+                "with": "client_assertion" if assertion else "client_secret",
+                # what was presented, as a digest: a test compares it with what it configured
+                "proof_sha256": hashlib.sha256(proof.encode()).hexdigest(),
+            }
+        )
+        if fields.get("grant_type") != "client_credentials" or not fields.get("client_id"):
+            return 400, b'{"error":"invalid_request","error_description":"AADSTS900144"}'
+        if self.fail:
+            self.fail -= 1 if self.fail > 0 else 0
+            return 500, b'{"error":"temporarily_unavailable","error_description":"AADSTS50196"}'
+        token, expires = self.issue()
+        return 200, orjson.dumps(
+            {
+                "token_type": "Bearer",
+                "expires_in": expires - int(time.time()),
+                "ext_expires_in": expires - int(time.time()),
+                "access_token": token,
             }
         )
 

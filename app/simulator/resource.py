@@ -52,6 +52,7 @@ class SimConfig:
     token_ttl: float = 3600.0  # s a token from the identity endpoint lives
     identity_header: str = "sim-identity-header"  # IDENTITY_HEADER of the identity endpoint
     entra_secret: str = "sim-entra-secret"  # shared by every simulator of a test session
+    tls: tuple[str, str] | None = None  # (certificate, key) PEM files: serve https
 
     def __post_init__(self) -> None:
         if self.chunks < 1:

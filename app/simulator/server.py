@@ -69,7 +69,11 @@ class Simulator(Resource):
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/_sim/") or path in ("/healthz", entra.IDENTITY_PATH):
+            if (
+                path.startswith("/_sim/")
+                or path in ("/healthz", entra.IDENTITY_PATH)
+                or path.endswith(entra.OAUTH_SUFFIX)
+            ):
                 await self._admin(scope, Reply(receive, send, self.base_headers))
             else:
                 await self._api(scope, Reply(receive, send, self.base_headers))
@@ -103,6 +107,10 @@ class Simulator(Resource):
             await reply.empty()
         elif route == ("GET", entra.IDENTITY_PATH):
             status, answer = self.identity.token_endpoint(scope["query_string"], scope["headers"])
+            await reply.json(status, answer)
+        elif scope["method"] == "POST" and scope["path"].endswith(entra.OAUTH_SUFFIX):
+            tenant = scope["path"][1 : -len(entra.OAUTH_SUFFIX)]
+            status, answer = self.identity.oauth_token(tenant, body)
             await reply.json(status, answer)
         elif route == ("GET", "/_sim/entra"):
             await reply.json(200, orjson.dumps(self.identity.stats()))

@@ -70,3 +70,16 @@ def test_token_endpoint_checks_the_protocol_and_can_fail() -> None:
         ident.control({"ttl": 0})
     with pytest.raises(ValueError):
         ident.control({"unknown": 1})
+
+
+def test_oauth_token_endpoint_issues_for_client_credentials() -> None:
+    ident = identity()
+    form = b"grant_type=client_credentials&client_id=c&scope=s&client_secret=x"
+    status, body = ident.oauth_token("tenant", form)
+    assert status == 200
+    token = orjson.loads(body)["access_token"]
+    assert ident.check(auth(token))[0] == "entra"
+    assert ident.token_requests[-1]["with"] == "client_secret"
+    assert ident.oauth_token("tenant", b"grant_type=password")[0] == 400
+    ident.control({"fail": 1})
+    assert ident.oauth_token("tenant", form)[0] == 500
