@@ -1,9 +1,8 @@
-"""Pure functions that turn an OpenAI chat request into an Azure one.
+"""Pure functions about Azure shared by every operation.
 
-Everything Azure-specific about the request lives here: the v1 and legacy URL
-forms, the `api-key` or Bearer header, the body rewrite (deployment as `model`, the
-reasoning-model parameter rules, asking for the usage chunk) and Retry-After
-parsing. No I/O; the hot path calls these with already-parsed values.
+Endpoint normalization, which deployments are reasoning models, the `api-key`
+or Bearer header and Retry-After parsing. What differs per operation (its URL
+forms and body rewrite) lives in `app.operations`. No I/O.
 """
 
 from __future__ import annotations
@@ -15,22 +14,8 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import orjson
 
 LEGACY_API_VERSION = "2024-10-21"
-
-# Parameters Azure's reasoning deployments answer 400 `unsupported_parameter` to.
-REASONING_UNSUPPORTED = (
-    "temperature",
-    "top_p",
-    "presence_penalty",
-    "frequency_penalty",
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +97,6 @@ def normalize_endpoint(endpoint: str) -> str:
         return endpoint.strip().rstrip("/")
 
 
-def chat_url(endpoint: str, api: str, deployment: str, api_version: str | None) -> str:
-    """The chat-completions URL of one deployment, in the resource's URL form."""
-    base = normalize_endpoint(endpoint)
-    if api == "v1":
-        return f"{base}/openai/v1/chat/completions"
-    version = api_version or LEGACY_API_VERSION
-    return f"{base}/openai/deployments/{deployment}/chat/completions?api-version={version}"
-
-
 _CHAT_VARIANT = re.compile(r"-chat(?:-|$)")
 
 
@@ -134,36 +110,6 @@ def is_reasoning(name: str) -> bool:
     if n.startswith(("o1", "o3", "o4")):
         return True
     return n.startswith("gpt-5") and _CHAT_VARIANT.search(n) is None
-
-
-def rewrite_body(
-    body: dict[str, Any],
-    *,
-    deployment: str,
-    reasoning: bool,
-    want_usage: bool,
-) -> bytes:
-    """Serialize the request for one deployment; `body` is not modified.
-
-    - `model` becomes the deployment name (v1 needs it; legacy ignores it);
-    - reasoning deployments get `max_tokens` renamed to `max_completion_tokens`
-      and the sampling parameters they reject removed;
-    - streams ask for the final usage chunk when `want_usage`.
-    """
-    out = dict(body)
-    out["model"] = deployment
-    if reasoning:
-        if "max_tokens" in out:
-            value = out.pop("max_tokens")
-            out.setdefault("max_completion_tokens", value)
-        for name in REASONING_UNSUPPORTED:
-            out.pop(name, None)
-    if want_usage and out.get("stream") is True:
-        options = out.get("stream_options")
-        options = dict(options) if isinstance(options, dict) else {}
-        options["include_usage"] = True
-        out["stream_options"] = options
-    return orjson.dumps(out)
 
 
 def request_headers(key: str) -> dict[str, str]:

@@ -37,6 +37,9 @@ from app.config_errors import format_loc, pydantic_problems, tab_lines, yaml_pro
 
 DEFAULT_PATH = Path("config/gateway.yaml")
 DEFAULT_API_VERSION = "2024-10-21"
+# Azure serves the Responses API on legacy resources only from 2025-03-01-preview.
+DEFAULT_RESPONSES_API_VERSION = "2025-04-01-preview"
+DEFAULT_RESPONSES_TTL_DAYS = 30.0
 ENV_CONFIG = "AOAI_GATEWAY_CONFIG"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -136,6 +139,7 @@ class Resource(_Model):
     entra: Entra | None = None
     api: Api = "v1"
     api_version: str | None = None
+    responses_api_version: str | None = None  # legacy resources: the Responses API's version
 
     @model_validator(mode="before")
     @classmethod
@@ -212,6 +216,8 @@ class Routing(_Model):
 class State(_Model):
     redis_url: str | None = None
     path: str | None = None
+    # how long the gateway remembers where a stored response lives (Azure keeps them 30 days)
+    responses_ttl_days: float = Field(default=DEFAULT_RESPONSES_TTL_DAYS, gt=0)
 
 
 class PriceEntry(_Model):

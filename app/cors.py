@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from app.proxy import Message, Receive, Scope, Send
+from app.handler import Message, Receive, Scope, Send
 
 # Request headers a browser client may send: the OpenAI and Azure SDKs' own
 # (`x-stainless-*` is matched by prefix), the ai-sdk's and the usual ones.

@@ -32,9 +32,9 @@ import uvicorn
 from app.accesslog import AccessLog
 from app.config import Config, validate
 from app.errors import GatewayError, MethodNotAllowed, NotFound
+from app.handler import Receive, Scope, Send, send_error
 from app.listener import GatewayProtocol
 from app.loopback import is_loopback
-from app.proxy import Receive, Scope, Send, send_error
 from app.server import Server, request_id_of
 from app.simulator import Fault, SimConfig, Simulator, quiet_drop_logs
 

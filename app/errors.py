@@ -5,6 +5,7 @@
     ├── Unauthorized          401      no or unknown gateway key
     ├── Forbidden             403      model outside the key's allowlist, admin-only route
     ├── NotFound              404      unknown model or route
+    │   └── ResponseNotFound  404      a stored response this key does not own (or no such id)
     ├── MethodNotAllowed      405
     ├── PayloadTooLarge       413      body over gateway.max_body_bytes
     ├── UnsupportedMediaType  415      keyless mode: a POST that is not application/json
@@ -12,6 +13,7 @@
     │   └── BudgetExceeded    429      the key's budget is used up (code insufficient_quota)
     ├── UpstreamKeysRejected  502      every key of every candidate rejected (names resources)
     ├── UpstreamFailed        502      every candidate failed (5xx, connection, 404)
+    ├── ResponseUnavailable   503      a stored response's resource cannot serve now
     └── UpstreamTimeout       504      every candidate timed out before its first byte
 
 Messages never carry a key value: callers name resources and deployments only.
@@ -51,6 +53,12 @@ def error_body(
     )
 
 
+def retry_headers(retry_after: float) -> list[tuple[bytes, bytes]]:
+    seconds = max(1, math.ceil(retry_after))
+    ms = max(1, math.ceil(retry_after * 1000))
+    return [(b"retry-after", str(seconds).encode()), (b"retry-after-ms", str(ms).encode())]
+
+
 class BadRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
@@ -72,6 +80,10 @@ class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class ResponseNotFound(NotFound):
+    code = "response_not_found"
 
 
 class MethodNotAllowed(GatewayError):
@@ -103,9 +115,7 @@ class RateLimited(GatewayError):
         self.type = type_
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        seconds = max(1, math.ceil(self.retry_after))
-        ms = max(1, math.ceil(self.retry_after * 1000))
-        return [(b"retry-after", str(seconds).encode()), (b"retry-after-ms", str(ms).encode())]
+        return retry_headers(self.retry_after)
 
 
 class BudgetExceeded(RateLimited):
@@ -133,6 +143,21 @@ class UpstreamFailed(GatewayError):
     status = 502
     type = "server_error"
     code = "upstream_error"
+
+
+class ResponseUnavailable(GatewayError):
+    """Only the resource holding a stored response can serve it, and it cannot now."""
+
+    status = 503
+    type = "server_error"
+    code = "stored_response_unavailable"
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [] if self.retry_after is None else retry_headers(self.retry_after)
 
 
 class UpstreamTimeout(GatewayError):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,8 +74,19 @@ TIMEOUT = "timeout"
 class Recorder(Protocol):
     """Where the loop reports each attempt (metrics implement this)."""
 
-    def upstream(self, target: Target, status: str) -> None: ...
-    def failover(self, reason: str) -> None: ...
+    def upstream(self, api: str, target: Target, status: str) -> None: ...
+    def failover(self, api: str, reason: str) -> None: ...
+
+
+class Call(Protocol):
+    """One request's upstream call, whichever operation it is."""
+
+    api: str  # the operation's name, for metrics
+    method: str
+
+    def prepare(self, target: Target) -> tuple[str, bytes]:
+        """The URL and body to send to this deployment."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +147,7 @@ async def connect(
     policy: Policy,
     ordered: Sequence[Target],
     recovers: float | None,
-    body_for: Callable[[Target], bytes],
+    call: Call,
     recorder: Recorder,
     trace: Trace,
     *,
@@ -155,13 +166,13 @@ async def connect(
             entra = bool(target.keys) and target.keys[0].entra
             trace.failures.append((target, TOKEN_REJECTED if entra else KEYS_REJECTED))
             continue
-        body = body_for(target)
+        url, body = call.prepare(target)
         renewed = False
         for key in keys:
             headers = key.headers
             if headers is None:  # an Entra ID resource without a valid token: unavailable
                 trace.failures.append((target, NO_TOKEN))
-                recorder.failover("no_token")
+                recorder.failover(call.api, "no_token")
                 continue
             if trace.attempts >= policy.max_attempts:
                 if outlook.throttled:
@@ -170,14 +181,16 @@ async def connect(
             trace.attempts += 1
             trace.target = target
             try:
-                resp = await upstream.post(target.url, headers, body, timeout=policy.timeouts)
+                resp = await upstream.request(
+                    call.method, url, headers, body, timeout=policy.timeouts
+                )
             except (TimedOut, ConnectFailed) as exc:
                 reason = TIMEOUT if isinstance(exc, TimedOut) else "connect_error"
                 failed(target.resource, target.deployment, key.id, what_failed(exc))
-                recorder.upstream(target, reason)
-                _down(state, target, policy, outlook, trace, reason, recorder)
+                recorder.upstream(call.api, target, reason)
+                _down(state, target, policy, outlook, trace, reason, recorder, call.api)
                 break
-            recorder.upstream(target, str(resp.status))
+            recorder.upstream(call.api, target, str(resp.status))
             outcome = classify(resp.status)
             if outcome is Outcome.OK or outcome is Outcome.CLIENT_ERROR:
                 if not buffer:
@@ -192,7 +205,7 @@ async def connect(
                         f"HTTP {resp.status}, body broke before it was complete ({exc})",
                     )
                     await resp.aclose()
-                    _down(state, target, policy, outlook, trace, "stream_error", recorder)
+                    _down(state, target, policy, outlook, trace, "stream_error", recorder, call.api)
                     break
                 except BaseException:
                     await resp.aclose()
@@ -219,7 +232,7 @@ async def connect(
                     "on this resource: assign Cognitive Services OpenAI User",
                 )
                 trace.failures.append((target, TOKEN_REJECTED))
-                recorder.failover("token_rejected")
+                recorder.failover(call.api, "token_rejected")
                 continue
             if outcome is Outcome.KEY_REJECTED:
                 state.reject_key(key.id, time.time() + policy.rejected_key_ttl)
@@ -230,7 +243,7 @@ async def connect(
                     f"key rejected (HTTP {resp.status}); trying the next key",
                 )
                 trace.failures.append((target, KEY_REJECTED))
-                recorder.failover("key_rejected")
+                recorder.failover(call.api, "key_rejected")
                 continue
             if outcome is Outcome.THROTTLED:
                 wait = azure.retry_after(resp.headers)
@@ -241,7 +254,7 @@ async def connect(
                 outlook.cooling(until)
                 outlook.throttled = True
                 trace.failures.append((target, THROTTLED))
-                recorder.failover("throttled")
+                recorder.failover(call.api, "throttled")
                 break
             if outcome is Outcome.NOT_FOUND:
                 failed(
@@ -252,7 +265,7 @@ async def connect(
                     f"(HTTP 404): check models.{target.model}",
                 )
                 trace.failures.append((target, "deployment not found"))
-                recorder.failover("not_found")
+                recorder.failover(call.api, "not_found")
                 break
             if outcome is Outcome.REDIRECT:
                 failed(
@@ -263,7 +276,7 @@ async def connect(
                 )
             else:
                 failed(target.resource, target.deployment, key.id, f"HTTP {resp.status}")
-            _down(state, target, policy, outlook, trace, f"HTTP {resp.status}", recorder)
+            _down(state, target, policy, outlook, trace, f"HTTP {resp.status}", recorder, call.api)
             break
     raise _give_up(trace, outlook, exhausted=False)
 
@@ -276,13 +289,14 @@ def _down(
     trace: Trace,
     reason: str,
     recorder: Recorder,
+    api: str,
 ) -> None:
     """5xx, timeout, connection error: the deployment sits out `cooldown`."""
     until = cool_down(state, policy, target)
     if until is not None:
         outlook.cooling(until)
     trace.failures.append((target, reason))
-    recorder.failover("server_error" if reason.startswith("HTTP") else reason)
+    recorder.failover(api, "server_error" if reason.startswith("HTTP") else reason)
 
 
 def cool_down(state: State, policy: Policy, target: Target) -> float | None:

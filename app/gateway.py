@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.accesslog import AccessLog
+from app.affinity import Owner
 from app.attemptlog import AttemptLog
 from app.auth import KeyTable
 from app.budget import Budgets
@@ -87,6 +88,18 @@ class Gateway:
             services.credentials.secrets if self.entra else None,  # tokens, as they change
         )
         self.rng = rng or random.Random()
+        # stored responses' holders: by "resource/deployment", else any on the resource
+        self._placed: dict[str, Target] = {}
+        self._on_resource: dict[str, Target] = {}
+        for targets in self.table.values():
+            for t in targets:
+                self._placed.setdefault(t.id, t)
+                self._on_resource.setdefault(t.resource, t)
+
+    def holder(self, owner: Owner) -> Target | None:
+        """Where a stored response's calls go: its deployment, else its resource."""
+        found = self._placed.get(f"{owner.resource}/{owner.deployment}")
+        return found if found is not None else self._on_resource.get(owner.resource)
 
     def cooling_view(self, now: float) -> Iterable[tuple[str, str, bool]]:
         """(resource, deployment, cooling) for every deployment in the table."""

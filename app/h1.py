@@ -356,8 +356,9 @@ class H1Upstream:
         if pending:
             self.watch_deadlines(loop)
 
-    def _target(self, url: str) -> tuple[Origin, bytes]:
-        found = self._targets.get(url)
+    def _target(self, url: str, method: str = "POST") -> tuple[Origin, bytes]:
+        cache = url if method == "POST" else f"{method} {url}"
+        found = self._targets.get(cache)
         if found is None:
             parts = urlsplit(url)
             scheme = parts.scheme or "http"
@@ -367,8 +368,8 @@ class H1Upstream:
             default = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
             name = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
             host_header = name if default else f"{name}:{port}"
-            prefix = f"POST {path} HTTP/1.1\r\nhost: {host_header}\r\n".encode("latin-1")
-            found = self._targets[url] = ((scheme, host, port), prefix)
+            prefix = f"{method} {path} HTTP/1.1\r\nhost: {host_header}\r\n".encode("latin-1")
+            found = self._targets[cache] = ((scheme, host, port), prefix)
         return found
 
     async def _connect(self, origin: Origin, timeout: Timeouts) -> _Conn:
@@ -419,7 +420,12 @@ class H1Upstream:
     async def post(
         self, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
     ) -> Response:
-        origin, prefix = self._target(url)
+        return await self.request("POST", url, headers, body, timeout=timeout)
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+    ) -> Response:
+        origin, prefix = self._target(url, method)
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head = b"%s%saccept-encoding: identity\r\ncontent-length: %d\r\n\r\n" % (
             prefix,

@@ -2,18 +2,20 @@
 
 Names are a contract (dashboards depend on them):
 
-    aoai_gateway_requests_total{model,key,status}
-    aoai_gateway_upstream_requests_total{resource,deployment,status}
-    aoai_gateway_tokens_total{key,model,type}
+    aoai_gateway_requests_total{model,key,status,api}
+    aoai_gateway_upstream_requests_total{resource,deployment,status,api}
+    aoai_gateway_tokens_total{key,model,type,api}
     aoai_gateway_cost_usd_total{key,model}
     aoai_gateway_unpriced_requests_total{key,model}
     aoai_gateway_budget_used_ratio{key}
     aoai_gateway_budget_alerts_total{key,threshold}
-    aoai_gateway_request_duration_seconds{model}
-    aoai_gateway_time_to_first_token_seconds{model}
-    aoai_gateway_failovers_total{reason}
+    aoai_gateway_request_duration_seconds{model,api}
+    aoai_gateway_time_to_first_token_seconds{model,api}
+    aoai_gateway_failovers_total{reason,api}
     aoai_gateway_deployment_cooling{resource,deployment}
     aoai_gateway_state_backend_up{backend}
+
+`api` is the operation: `chat`, `responses`, `embeddings` (`app.operations`).
 
 With several uvicorn workers, `serve` sets PROMETHEUS_MULTIPROC_DIR before the
 workers start and `/metrics` aggregates every worker's counters
@@ -70,16 +72,22 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "aoai_gateway_requests", "Requests answered", ["model", "key", "status"], registry=r
+            "aoai_gateway_requests",
+            "Requests answered",
+            ["model", "key", "status", "api"],
+            registry=r,
         )
         self.upstream_requests = Counter(
             "aoai_gateway_upstream_requests",
             "Upstream attempts by outcome (HTTP status, timeout, connect_error)",
-            ["resource", "deployment", "status"],
+            ["resource", "deployment", "status", "api"],
             registry=r,
         )
         self.tokens = Counter(
-            "aoai_gateway_tokens", "Tokens reported by Azure", ["key", "model", "type"], registry=r
+            "aoai_gateway_tokens",
+            "Tokens reported by Azure",
+            ["key", "model", "type", "api"],
+            registry=r,
         )
         self.cost = Counter(
             "aoai_gateway_cost_usd",
@@ -109,19 +117,22 @@ class Metrics:
         self.duration = Histogram(
             "aoai_gateway_request_duration_seconds",
             "Time from request to the last byte",
-            ["model"],
+            ["model", "api"],
             buckets=BUCKETS,
             registry=r,
         )
         self.ttft = Histogram(
             "aoai_gateway_time_to_first_token_seconds",
             "Time from request to the first byte of the answer",
-            ["model"],
+            ["model", "api"],
             buckets=BUCKETS,
             registry=r,
         )
         self.failovers = Counter(
-            "aoai_gateway_failovers", "Moves to the next key or deployment", ["reason"], registry=r
+            "aoai_gateway_failovers",
+            "Moves to the next key or deployment",
+            ["reason", "api"],
+            registry=r,
         )
         self.backend_up = Gauge(
             "aoai_gateway_state_backend_up",
@@ -143,46 +154,46 @@ class Metrics:
 
     # hot-path recording: label children cached by their label tuple
     def request(
-        self, model: str, key: str, status: int, duration: float, ttft: float | None
+        self, api: str, model: str, key: str, status: int, duration: float, ttft: float | None
     ) -> None:
-        child = self._children.get(("r", model, key, status))
+        child = self._children.get(("r", api, model, key, status))
         if child is None:
-            child = self._children[("r", model, key, status)] = self.requests.labels(
-                model, key, str(status)
+            child = self._children[("r", api, model, key, status)] = self.requests.labels(
+                model, key, str(status), api
             )
         child.inc()
-        hist = self._children.get(("d", model))
+        hist = self._children.get(("d", api, model))
         if hist is None:
-            hist = self._children[("d", model)] = self.duration.labels(model)
+            hist = self._children[("d", api, model)] = self.duration.labels(model, api)
         hist.observe(duration)
         if ttft is not None:
-            hist = self._children.get(("t", model))
+            hist = self._children.get(("t", api, model))
             if hist is None:
-                hist = self._children[("t", model)] = self.ttft.labels(model)
+                hist = self._children[("t", api, model)] = self.ttft.labels(model, api)
             hist.observe(ttft)
 
-    def upstream(self, target: Target, status: str) -> None:
-        key = ("u", target.resource, target.deployment, status)
+    def upstream(self, api: str, target: Target, status: str) -> None:
+        key = ("u", api, target.resource, target.deployment, status)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self.upstream_requests.labels(
-                target.resource, target.deployment, status
+                target.resource, target.deployment, status, api
             )
         child.inc()
 
-    def failover(self, reason: str) -> None:
-        child = self._children.get(("f", reason))
+    def failover(self, api: str, reason: str) -> None:
+        child = self._children.get(("f", api, reason))
         if child is None:
-            child = self._children[("f", reason)] = self.failovers.labels(reason)
+            child = self._children[("f", api, reason)] = self.failovers.labels(reason, api)
         child.inc()
 
-    def add_tokens(self, key: str, model: str, counts: dict[str, int]) -> None:
+    def add_tokens(self, api: str, key: str, model: str, counts: dict[str, int]) -> None:
         for kind, n in counts.items():
             if n:
-                child = self._children.get(("k", key, model, kind))
+                child = self._children.get(("k", api, key, model, kind))
                 if child is None:
-                    child = self._children[("k", key, model, kind)] = self.tokens.labels(
-                        key, model, kind.removesuffix("_tokens")
+                    child = self._children[("k", api, key, model, kind)] = self.tokens.labels(
+                        key, model, kind.removesuffix("_tokens"), api
                     )
                 child.inc(n)
 

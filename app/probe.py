@@ -30,6 +30,7 @@ import orjson
 
 from app import azure
 from app.config import Config
+from app.operations.chat import rewrite_body
 from app.routing import Target, build_table
 from app.upstream import ConnectFailed, HttpxUpstream, TimedOut, Timeouts, Upstream
 from app.upstream_auth import Credentials, EntraKey, Key
@@ -141,9 +142,7 @@ async def probe(upstream: Upstream, p: Probe, timeouts: Timeouts) -> Result:
 
 
 async def _call(upstream: Upstream, p: Probe, timeouts: Timeouts) -> tuple[str, str]:
-    body = azure.rewrite_body(
-        PROMPT, deployment=p.deployment, reasoning=p.reasoning, want_usage=False
-    )
+    body = rewrite_body(PROMPT, deployment=p.deployment, reasoning=p.reasoning, want_usage=False)
     headers = p.key.headers
     if headers is None:  # an Entra ID resource whose token could not be obtained
         return "no_token", "no Entra ID token (see above)"

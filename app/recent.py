@@ -1,6 +1,6 @@
 """The last minutes of traffic, kept in memory for the status page.
 
-`Recent.add` is the only call on the hot path (from `proxy._finish`): it
+`Recent.add` is the only call on the hot path (from `handler._finish`): it
 appends the finished request's outcome, as a tuple of plain values, to a
 bounded ring and bumps a per-minute counter - no parsing.
 Everything the page shows (error rate and p50 latency per deployment, the
@@ -33,7 +33,7 @@ class TraceLike(Protocol):
 
 
 class RecordLike(Protocol):
-    """What `app.proxy.Record` offers; only read at render time."""
+    """What `app.handler.Record` offers; only read at render time."""
 
     @property
     def status(self) -> int: ...

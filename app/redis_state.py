@@ -6,6 +6,8 @@ Layout (every key under `prefix`, default ``aoai-gateway:``):
     {prefix}rejected       hash  key id    -> until
     {prefix}rpm:{name}     zset  one member per admitted request, scored by its time
     {prefix}tpm:{name}     hash  epoch second -> tokens counted in that second
+    {prefix}response:{id}  string  a stored response's owner (resource, deployment,
+                           gateway key name) as JSON, expiring after the TTL
 
 The hot path reads cooldowns and rejected keys synchronously, so they are
 served from a local `MemoryState` mirror: a write lands in the mirror at once
@@ -44,6 +46,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from app.affinity import RECHECK, Owner
 from app.config import ConfigError
 from app.metrics import Metrics
 from app.state import WINDOW, MemoryState
@@ -168,8 +171,11 @@ class RedisState:
         prefix: str = DEFAULT_PREFIX,
         timeout: float = TIMEOUT,
         refresh: float = REFRESH,
+        ttl: float = 30 * 86400.0,
     ) -> None:
-        self.local = MemoryState()
+        self.local = MemoryState(ttl=ttl)
+        self.ttl = ttl
+        self._response = prefix + "response:"
         self.timeout = timeout
         self.refresh = refresh
         self.redis = connect(redis_url, timeout)
@@ -317,6 +323,45 @@ class RedisState:
                 await pipe.execute()
         except UNREACHABLE as exc:
             self._mark_down(exc)
+
+    # stored responses: the owner is cached here at once, written behind ------
+    def remember(self, response_id: str, owner: Owner, now: float) -> None:
+        self.local.remember(response_id, owner, now)
+        if self._up is False:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._spawn(loop, self._write_owner(response_id, owner))
+
+    async def _write_owner(self, response_id: str, owner: Owner) -> None:
+        try:
+            async with asyncio.timeout(self.timeout * 2):
+                await self.redis.set(
+                    self._response + response_id, owner.encode(), px=int(self.ttl * 1000)
+                )
+        except UNREACHABLE as exc:
+            self._mark_down(exc)
+
+    async def owner(self, response_id: str, now: float) -> Owner | None:
+        found = await self.local.owner(response_id, now)
+        if found is not None or self._up is False:
+            return found
+        for attempt in range(2):  # a second look: another replica's write may be in flight
+            if attempt:
+                await asyncio.sleep(RECHECK)
+            try:
+                async with asyncio.timeout(self.timeout * 2):
+                    raw = await self.redis.get(self._response + response_id)
+            except UNREACHABLE as exc:
+                self._mark_down(exc)
+                return None
+            owner = Owner.decode(raw)
+            if owner is not None:
+                self.local.owners.put(response_id, owner, now + self.ttl)
+                return owner
+        return None
 
     # background --------------------------------------------------------------
     async def pull(self) -> None:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app import azure
-from app.config import Config
+from app.config import DEFAULT_RESPONSES_API_VERSION, Config
+from app.operations import OPERATIONS, Place
 from app.upstream_auth import EntraKey, Key, UpstreamKey, key_id, resource_keys
 
 __all__ = ["Target", "UpstreamKey", "allowed_models", "build_table", "key_id", "order"]
@@ -26,7 +27,8 @@ class Target:
     deployment: str
     api: str
     api_version: str | None
-    url: str
+    urls: Mapping[str, str]  # operation name -> its URL on this deployment
+    place: Place  # what URLs are built from (stored responses' URLs too)
     keys: tuple[Key, ...]  # api keys in rotation order, or the resource's Entra identity
     priority: int = 0
     weight: float = 1.0
@@ -37,6 +39,11 @@ class Target:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", f"{self.resource}/{self.deployment}")
+
+    @property
+    def url(self) -> str:
+        """The chat-completions URL: what `check --probe` and the status page show."""
+        return self.urls["chat"]
 
 
 def build_table(
@@ -60,6 +67,13 @@ def build_table(
             reasoning = dep.reasoning
             if reasoning is None:
                 reasoning = azure.is_reasoning(dep.deployment) or azure.is_reasoning(model)
+            place = Place(
+                base=azure.normalize_endpoint(res.endpoint),
+                api=api,
+                deployment=dep.deployment,
+                api_version=version or azure.LEGACY_API_VERSION,
+                responses_api_version=res.responses_api_version or DEFAULT_RESPONSES_API_VERSION,
+            )
             targets.append(
                 Target(
                     model=model,
@@ -67,12 +81,13 @@ def build_table(
                     deployment=dep.deployment,
                     api=api,
                     api_version=version if api == "legacy" else None,
-                    url=azure.chat_url(res.endpoint, api, dep.deployment, version),
+                    urls={op.name: op.url(place) for op in OPERATIONS},
                     keys=keys,
                     priority=dep.priority,
                     weight=dep.weight or 1.0,
                     weighted=dep.weight is not None,
                     reasoning=reasoning,
+                    place=place,
                 )
             )
         table[model] = tuple(targets)

@@ -1,10 +1,11 @@
 """The ASGI application: dispatch, lifespan, reload.
 
-    CORS -> dispatch -> POST .../chat/completions -> app.proxy.handle_chat (plain ASGI)
-                     -> everything else          -> app.api (FastAPI)
+    CORS -> dispatch -> an operation's route -> app.handler.handle (plain ASGI)
+                     -> everything else      -> app.api (FastAPI)
 
-The chat routes never enter FastAPI or any middleware stack: a path check
-sends them straight to the hot path. `Server` owns the long-lived services
+The operations' routes (chat, Responses, embeddings: `app.operations.route`)
+never enter FastAPI or any middleware stack: a path check sends them straight
+to the hot path. `Server` owns the long-lived services
 (upstream client, state, metrics, usage) and the current `Gateway`, which a
 reload (SIGHUP, `--watch`, or `reload()`) replaces atomically; requests in
 flight finish on the `Gateway` they started with. Nothing lives at module level.
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from app.accesslog import AccessLog
+from app.affinity import DAY, SQLiteAffinity
 from app.api import build_api
 from app.auth import bearer_token
 from app.budget import Budgets
@@ -40,54 +42,32 @@ from app.cors import CORS
 from app.errors import GatewayError, MethodNotAllowed
 from app.gateway import Gateway, Services
 from app.h1 import H1Upstream
-from app.listener import LIMITS_KEY, Limits
-from app.logs import ENV_FORMAT
-from app.loopback import exposure_error, keyless_refusal
-from app.metrics import Metrics
-from app.proxy import (
+from app.handler import (
     Message,
     Receive,
     Scope,
     Send,
-    handle_chat,
+    handle,
     new_request_id,
     request_id,
     send_error,
 )
+from app.listener import LIMITS_KEY, Limits
+from app.logs import ENV_FORMAT
+from app.loopback import exposure_error, keyless_refusal
+from app.metrics import Metrics
+from app.operations import route
 from app.state import MemoryState, State
 from app.upstream import AiohttpUpstream, Upstream
 from app.usage import RedisStore, SQLiteStore, Store, Usage
 
 log = logging.getLogger("aoai_gateway")
 
-# `/openai/chat/completions`: @ai-sdk/azure (Chatbox's Azure provider) with baseURL
-# `{origin}/openai` on a host that is not *.azure.com leaves out `/v1` and `api-version`.
-CHAT_PATHS = frozenset(
-    {
-        "/v1/chat/completions",
-        "/chat/completions",
-        "/openai/v1/chat/completions",
-        "/openai/chat/completions",
-    }
-)
-_DEPLOYMENTS = "/openai/deployments/"
-_CHAT = "/chat/completions"
 DEFAULT_USAGE_PATH = "aoai-gateway.db"
 # The address `serve --workers N` listens on, for each worker's checks (`create_app`).
 ENV_HOST = "AOAI_GATEWAY_HOST"
 
 Loader = Callable[[], Config]
-
-
-def chat_route(path: str) -> tuple[bool, str | None]:
-    """(is a chat route, model named in the path)."""
-    if path in CHAT_PATHS:
-        return True, None
-    if path.startswith(_DEPLOYMENTS) and path.endswith(_CHAT):
-        name = path[len(_DEPLOYMENTS) : -len(_CHAT)]
-        if name and "/" not in name:
-            return True, name
-    return False, None
 
 
 class Server:
@@ -146,16 +126,16 @@ class Server:
                 # built from the caller's Host header.
                 path = path.rstrip("/") or "/"
                 scope = {**scope, "path": path, "raw_path": path.encode()}
-            is_chat, model = chat_route(path)
-            if is_chat and scope["method"] == "POST":
-                await handle_chat(self.current(), scope, receive, send, model)  # logs itself
+            found = route(path)
+            if found is not None and scope["method"] in found.methods:
+                await handle(self.current(), found, scope, receive, send)  # logs itself
                 return
             request_id = request_id_of(scope)
             started = time.perf_counter()
-            sent = _Sent(send if is_chat else _with_request_id(request_id, send))
+            sent = _Sent(send if found else _with_request_id(request_id, send))
             try:
-                if is_chat:
-                    error = MethodNotAllowed(f"Use POST for {path}.")
+                if found is not None:  # an operation's route, another method
+                    error = MethodNotAllowed(f"Use {' or '.join(found.methods)} for {path}.")
                     await send_error(sent, error, request_id)
                 else:
                     await self.api(scope, receive, sent)
@@ -365,11 +345,12 @@ def make_upstream(environ: Mapping[str, str]) -> Upstream:
 
 
 def default_state(config: Config, metrics: Metrics) -> State:
+    ttl = config.state.responses_ttl_days * DAY
     if config.state.redis_url:
         from app.redis_state import RedisState
 
-        return RedisState(config.state.redis_url, metrics)
-    return MemoryState()
+        return RedisState(config.state.redis_url, metrics, ttl=ttl)
+    return MemoryState(SQLiteAffinity(config.state.path or DEFAULT_USAGE_PATH, ttl), ttl)
 
 
 def default_store(config: Config) -> Store:

@@ -1,4 +1,5 @@
-"""Shared mutable state behind one interface: cooldowns, rejected keys, limits.
+"""Shared mutable state behind one interface: cooldowns, rejected keys, limits,
+and where each stored response lives (`app.affinity`).
 
 The hot path reads cooldowns and rejected keys synchronously (a dict lookup);
 writes and limit checks may go to a shared backend. `MemoryState` keeps it in
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 from collections import deque
 from typing import Protocol
+
+from app.affinity import Owner, OwnerCache, SQLiteAffinity
 
 WINDOW = 60.0  # seconds: rpm and tpm are counted over the last minute
 
@@ -43,6 +46,11 @@ class State(Protocol):
         ...
 
     async def add_tokens(self, name: str, tokens: int, now: float) -> None: ...
+    def remember(self, response_id: str, owner: Owner, now: float) -> None:
+        """Note where a stored response lives; never waits on a store."""
+        ...
+
+    async def owner(self, response_id: str, now: float) -> Owner | None: ...
     async def start(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -85,9 +93,15 @@ class _Window:
 
 
 class MemoryState:
+    """This process's state; stored responses' owners also go to `affinity`
+    (SQLite) when given, so they survive a restart and reach other workers."""
+
     backend = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, affinity: SQLiteAffinity | None = None, ttl: float = 30 * 86400.0) -> None:
+        self.affinity = affinity
+        self.ttl = ttl
+        self.owners = OwnerCache()
         self._cooling: dict[str, float] = {}
         self._rejected: dict[str, float] = {}
         self._requests: dict[str, _Window] = {}
@@ -167,8 +181,22 @@ class MemoryState:
         if tokens > 0:
             self._token_window(name, now).add(now, tokens)
 
+    # stored responses --------------------------------------------------------
+    def remember(self, response_id: str, owner: Owner, now: float) -> None:
+        if self.affinity is not None:
+            self.affinity.remember(response_id, owner, now)
+        else:
+            self.owners.put(response_id, owner, now + self.ttl)
+
+    async def owner(self, response_id: str, now: float) -> Owner | None:
+        if self.affinity is not None:
+            return await self.affinity.owner(response_id, now)
+        return self.owners.get(response_id, now)
+
     async def start(self) -> None:
-        return None
+        if self.affinity is not None:
+            await self.affinity.start()
 
     async def close(self) -> None:
-        return None
+        if self.affinity is not None:
+            await self.affinity.close()

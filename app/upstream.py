@@ -66,6 +66,12 @@ class Upstream(Protocol):
     async def post(
         self, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
     ) -> Response: ...
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+    ) -> Response:
+        """Any method: stored responses are read (GET) and deleted (DELETE) too."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -203,9 +209,19 @@ class AiohttpUpstream:
     async def post(
         self, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
     ) -> Response:
+        return await self.request("POST", url, headers, body, timeout=timeout)
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+    ) -> Response:
         try:
-            resp = await self._session.post(
-                url, data=body, headers=headers, timeout=timeout.aiohttp, allow_redirects=False
+            resp = await self._session.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=timeout.aiohttp,
+                allow_redirects=False,
             )
         except TimeoutError:
             raise TimedOut(f"no response within {timeout.read:g}s") from None
@@ -267,8 +283,13 @@ class HttpxUpstream:
     async def post(
         self, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
     ) -> Response:
+        return await self.request("POST", url, headers, body, timeout=timeout)
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+    ) -> Response:
         request = self._client.build_request(
-            "POST", url, headers=headers, content=body, timeout=timeout.httpx
+            method, url, headers=headers, content=body, timeout=timeout.httpx
         )
         try:
             resp = await self._client.send(request, stream=True)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from app.cors import CORS, allow_headers, header_allowed
-from app.proxy import Message
+from app.handler import Message
 
 LISTED = "https://chat.example.com"
 

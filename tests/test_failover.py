@@ -62,11 +62,21 @@ class Recorder:
         self.calls: list[tuple[str, str]] = []
         self.failovers: list[str] = []
 
-    def upstream(self, target: Target, status: str) -> None:
+    def upstream(self, api: str, target: Target, status: str) -> None:
         self.calls.append((target.id, status))
 
-    def failover(self, reason: str) -> None:
+    def failover(self, api: str, reason: str) -> None:
         self.failovers.append(reason)
+
+
+class ChatCall:
+    """The upstream call of a chat request: its URL, a body naming the deployment."""
+
+    api = "chat"
+    method = "POST"
+
+    def prepare(self, target: Target) -> tuple[str, bytes]:
+        return target.urls["chat"], b'{"model": "%s"}' % target.deployment.encode()
 
 
 def policy(**over: Any) -> Policy:
@@ -104,7 +114,7 @@ async def run(
             pol or policy(),
             list(targets),
             recovers,
-            lambda t: b'{"model": "%s"}' % t.deployment.encode(),
+            ChatCall(),
             recorder or Recorder(),
             trace,
             buffer=buffer,

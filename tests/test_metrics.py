@@ -17,15 +17,15 @@ from tests.conftest import GATEWAY_KEY, SIM_KEYS, base_config
 ADMIN_KEY = "test-gateway-key-ops"
 PRIVATE = "the-words-nobody-may-log"
 
-# name -> label names, exactly as the issue's contract says
+# name -> label names, exactly as the issues' contracts say (issue 11 added `api`)
 CONTRACT = {
-    "aoai_gateway_requests": {"model", "key", "status"},
-    "aoai_gateway_upstream_requests": {"resource", "deployment", "status"},
-    "aoai_gateway_tokens": {"key", "model", "type"},
+    "aoai_gateway_requests": {"model", "key", "status", "api"},
+    "aoai_gateway_upstream_requests": {"resource", "deployment", "status", "api"},
+    "aoai_gateway_tokens": {"key", "model", "type", "api"},
     "aoai_gateway_cost_usd": {"key", "model"},
-    "aoai_gateway_request_duration_seconds": {"model"},
-    "aoai_gateway_time_to_first_token_seconds": {"model"},
-    "aoai_gateway_failovers": {"reason"},
+    "aoai_gateway_request_duration_seconds": {"model", "api"},
+    "aoai_gateway_time_to_first_token_seconds": {"model", "api"},
+    "aoai_gateway_failovers": {"reason", "api"},
     "aoai_gateway_deployment_cooling": {"resource", "deployment"},
 }
 
@@ -86,7 +86,12 @@ def test_metric_names_and_labels_follow_the_contract(sim: Any, start_gateway: An
             assert set(s.labels) - {"le"} == labels, (name, s.labels)
 
     s = _samples(text)
-    assert _value(s, "aoai_gateway_requests_total", model="gpt-4o", key="alice", status="200") == 2
+    assert (
+        _value(
+            s, "aoai_gateway_requests_total", model="gpt-4o", key="alice", status="200", api="chat"
+        )
+        == 2
+    )
     assert _value(s, "aoai_gateway_requests_total", status="401") == 1
     up = "aoai_gateway_upstream_requests_total"
     assert _value(s, up, resource="sweden", deployment="gpt-4o", status="429") == 1

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from app.operations import Place
 from app.routing import Target, order
 
 
@@ -18,7 +19,8 @@ def target(name: str, priority: int = 0, weight: float | None = None) -> Target:
         deployment="d",
         api="v1",
         api_version=None,
-        url=f"https://{name}.example.com/openai/v1/chat/completions",
+        urls={"chat": f"https://{name}.example.com/openai/v1/chat/completions"},
+        place=Place(f"https://{name}", "v1", "d", "2024-10-21", "2025-04-01-preview"),
         keys=(),
         priority=priority,
         weight=weight or 1.0,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from app.operations import Place
 from app.recent import MINUTES, Health, Recent, event_of, median, per_minute, summarize
 from app.routing import Target, UpstreamKey
 from app.status import (
@@ -29,7 +30,8 @@ def target(resource: str, deployment: str = "gpt-4o") -> Target:
         deployment=deployment,
         api="v1",
         api_version=None,
-        url=f"http://{resource}/openai/v1/chat/completions",
+        urls={"chat": f"http://{resource}/openai/v1/chat/completions"},
+        place=Place(f"https://{resource}", "v1", "d", "2024-10-21", "2025-04-01-preview"),
         keys=(UpstreamKey(f"{resource}#abc", "secret"),),
     )
 
