@@ -108,6 +108,7 @@ class SQLiteAffinity:
         self._flush: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._failing = False
+        self._closed = False
 
     def remember(self, response_id: str, owner: Owner, now: float) -> None:
         until = now + self.ttl
@@ -118,21 +119,20 @@ class SQLiteAffinity:
                 self._flush = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
-        try:
-            async with self._lock:
-                rows, self._pending = self._pending, []
-                self._flush = None
-                try:
-                    await asyncio.to_thread(self._insert, rows)
-                except sqlite3.Error as exc:
-                    if not self._failing:
-                        log.error("affinity: cannot write %s (%s); keeping owners", self.path, exc)
-                    self._failing = True
-                    self._pending[:0] = rows
-                else:
-                    self._failing = False
-        finally:
-            self._flush = None
+        async with self._lock:
+            rows, self._pending = self._pending, []
+            self._flush = None  # what is remembered from now on gets a task of its own
+            if not rows or self._closed:
+                return
+            try:
+                await asyncio.to_thread(self._insert, rows)
+            except sqlite3.Error as exc:
+                if not self._failing:
+                    log.error("affinity: cannot write %s (%s); keeping owners", self.path, exc)
+                self._failing = True
+                self._pending[:0] = rows
+            else:
+                self._failing = False
 
     def _insert(self, rows: list[tuple[str, bytes, float]]) -> None:
         with self._db:
@@ -155,7 +155,10 @@ class SQLiteAffinity:
             if attempt:
                 await asyncio.sleep(RECHECK)
             try:
-                row = await asyncio.to_thread(self._select, response_id, now)
+                async with self._lock:  # one thread at a time on the connection
+                    if self._closed:
+                        return None
+                    row = await asyncio.to_thread(self._select, response_id, now)
             except sqlite3.Error as exc:
                 log.error("affinity: cannot read %s (%s)", self.path, exc)
                 return None
@@ -169,7 +172,8 @@ class SQLiteAffinity:
     async def start(self) -> None:
         now = time.time()
         with contextlib.suppress(sqlite3.Error):
-            await asyncio.to_thread(self._purge, now)
+            async with self._lock:
+                await asyncio.to_thread(self._purge, now)
 
     def _purge(self, now: float) -> None:
         with self._db:
@@ -180,4 +184,6 @@ class SQLiteAffinity:
             await asyncio.gather(self._flush, return_exceptions=True)
         if self._pending:
             await self._write()
-        self._db.close()
+        async with self._lock:
+            self._closed = True
+            self._db.close()
