@@ -83,6 +83,9 @@ class Call(Protocol):
 
     api: str  # the operation's name, for metrics
     method: str
+    # The URL names a thing on the resource (a stored response), not a deployment:
+    # a 404 says that thing does not exist, and is the caller's answer.
+    addressed: bool
 
     def prepare(self, target: Target) -> tuple[str, bytes]:
         """The URL and body to send to this deployment."""
@@ -192,6 +195,8 @@ async def connect(
                 break
             recorder.upstream(call.api, target, str(resp.status))
             outcome = classify(resp.status)
+            if outcome is Outcome.NOT_FOUND and call.addressed:
+                outcome = Outcome.CLIENT_ERROR  # the thing addressed is gone: Azure's answer
             if outcome is Outcome.OK or outcome is Outcome.CLIENT_ERROR:
                 if not buffer:
                     return resp

@@ -233,12 +233,13 @@ async def _admit(gw: Gateway, caller: Caller, now: float) -> None:
 class _Create:
     """The upstream call of a create: the operation's URL and rewritten body per target."""
 
-    __slots__ = ("_bodies", "api", "method", "op", "parsed")
+    __slots__ = ("_bodies", "addressed", "api", "method", "op", "parsed")
 
     def __init__(self, op: Operation, parsed: Parsed) -> None:
         self.op = op
         self.api = op.name
         self.method = "POST"
+        self.addressed = False
         self.parsed = parsed
         self._bodies: dict[tuple[str, bool], bytes] = {}
 
@@ -260,6 +261,7 @@ class _Fixed:
     method: str
     url: str
     body: bytes
+    addressed: bool = True
 
     def prepare(self, target: Target) -> tuple[str, bytes]:
         return self.url, self.body

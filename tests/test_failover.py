@@ -74,6 +74,7 @@ class ChatCall:
 
     api = "chat"
     method = "POST"
+    addressed = False
 
     def prepare(self, target: Target) -> tuple[str, bytes]:
         return target.urls["chat"], b'{"model": "%s"}' % target.deployment.encode()

@@ -237,7 +237,7 @@ def test_affinity_across_two_workers(sim: dict[str, Sim], start_gateway: Any) ->
 def test_mid_stream_drop_ends_with_error_and_response_failed(
     sim: dict[str, Sim], start_gateway: Any
 ) -> None:
-    gw = start_gateway(config(sim))
+    gw = start_gateway(config(sim, cooldown=0))  # sweden serves again after the break
     sim["sweden"].fault("drop", after_chunks=2, count=1)
     with pytest.raises(openai.APIError):
         for _ in client(gw).responses.create(model="only-sweden", input=PROMPT, stream=True):
