@@ -91,7 +91,7 @@ class Record:
     answer_model: str | None = None  # the `model` field of Azure's answer
     trace: Trace = field(default_factory=Trace)
     error: str | None = None
-    response: str | None = None  # hash of a stored response id this key was refused
+    response: str | None = None  # hash of the stored response's id the request names
 
 
 def limits_text(rpm: int | None, tpm: int | None) -> str:
@@ -129,6 +129,9 @@ async def handle(gw: Gateway, route: Route, scope: Scope, receive: Receive, send
         path=scope["path"],
         method=scope["method"],
     )
+    if route.response_id is not None:  # logs show a hash of a stored response's id, not the id
+        rec.response = id_hash(route.response_id)
+        rec.path = rec.path.replace(route.response_id, "{id}")
     task = asyncio.current_task()
     assert task is not None
     watch = Watch(receive, task, rec)
@@ -600,5 +603,5 @@ def _finish(gw: Gateway, rec: Record) -> None:
             "error": rec.error,
         }
         if rec.response is not None:
-            entry["response_id_sha256"] = rec.response  # a refused cross-key attempt
+            entry["response_id_sha256"] = rec.response
         services.access_log.write(entry)

@@ -91,7 +91,8 @@ def test_other_keys_get_404_and_nothing_goes_upstream(
     assert alice.responses.create(model="gpt-4o", input="on", previous_response_id=sid).id
     # the access log names the refused key and a hash of the id, never the id itself
     lines = [json.loads(ln) for ln in gw.logs().splitlines() if ln.startswith("{")]
-    refused = [ln for ln in lines if ln.get("response_id_sha256")]
+    refused = [ln for ln in lines if ln.get("error") == "response_not_found"]
+    assert all(len(ln["response_id_sha256"]) == 16 for ln in refused)
     assert {ln["key"] for ln in refused} == {"bob", "ops"}
     assert all(ln["status"] == 404 for ln in refused)
     assert rid not in gw.logs() and sid not in gw.logs()
