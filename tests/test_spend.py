@@ -10,6 +10,7 @@ import csv
 import datetime as dt
 import io
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,16 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import GATEWAY_KEY, ROOT, SIM_KEYS, Sim, start_sim, stop, wait_http
+from tests.conftest import (
+    GATEWAY_KEY,
+    ROOT,
+    SIM_KEYS,
+    Sim,
+    base_config,
+    start_sim,
+    stop,
+    wait_http,
+)
 from tests.redis_support import private_db
 
 ADMIN_KEY = "test-gateway-key-ops"
@@ -275,3 +285,56 @@ def test_both_workers_of_one_serve_refuse_once_the_shared_budget_is_spent(
         served = {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("counter_*.db")}
         assert len(served) == 2, "one worker served every request"
         gw.stop()
+
+
+def test_responses_and_embeddings_are_priced_and_budgeted(
+    sim: dict[str, Sim], start_gateway: Any
+) -> None:
+    config = base_config(sim)
+    config["gateway"] = {
+        "keys": [
+            {"name": "alice", "key": GATEWAY_KEY, "budget": {"usd": 1, "period": "day"}},
+            {"name": "ops", "key": ADMIN_KEY, "admin": True},
+        ]
+    }
+    config["models"] = {
+        "gpt-4o": ["eastus/gpt-4o"],
+        "text-embedding-3-small": ["eastus/text-embedding-3-small"],
+    }
+    gw = start_gateway(config)
+    client = openai.OpenAI(base_url=gw.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    vectors = client.embeddings.create(model="text-embedding-3-small", input=["one", "two"])
+    plain = client.responses.create(model="gpt-4o", input="hello there")
+    completed = [
+        e.response
+        for e in client.responses.create(model="gpt-4o", input="hello there", stream=True)
+        if e.type == "response.completed"
+    ]
+    assert vectors.usage is not None and plain.usage is not None and completed[0].usage
+    embedded = vectors.usage.prompt_tokens * 20  # text-embedding-3-small: $0.02 per 1M
+    responses = sum(  # gpt-4o: $2.50 in, $10 out (built in)
+        u.input_tokens * 2500 + u.output_tokens * 10_000 for u in (plain.usage, completed[0].usage)
+    )
+    body = _admin(gw, "/admin/usage").json()
+    alice = body["keys"]["alice"]
+    assert alice["text-embedding-3-small"]["cost_usd"] == pytest.approx(embedded / 1e9)
+    assert alice["gpt-4o"]["requests"] == 2
+    assert alice["gpt-4o"]["cost_usd"] == pytest.approx(responses / 1e9)
+    assert body["totals"]["all"]["unpriced_requests"] == 0
+
+    # the same budget check guards every operation: spend it, then each route refuses
+    config["gateway"]["keys"][0]["budget"] = {"usd": (embedded + responses) / 1e9, "period": "day"}
+    gw.write_config(config)
+    gw.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            client.embeddings.create(model="text-embedding-3-small", input="x")
+        except openai.RateLimitError as exc:
+            assert exc.code == "insufficient_quota"
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the embeddings route never refused the spent budget")
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model="gpt-4o", input="hello there")
