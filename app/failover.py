@@ -86,6 +86,7 @@ class Call(Protocol):
     # The URL names a thing on the resource (a stored response), not a deployment:
     # a 404 says that thing does not exist, and is the caller's answer.
     addressed: bool
+    content_type: str | None  # None: JSON; else the body's own (a multipart boundary)
 
     def prepare(self, target: Target) -> tuple[str, bytes]:
         """The URL and body to send to this deployment."""
@@ -177,6 +178,8 @@ async def connect(
                 trace.failures.append((target, NO_TOKEN))
                 recorder.failover(call.api, "no_token")
                 continue
+            if call.content_type is not None:
+                headers = {**headers, "content-type": call.content_type}
             if trace.attempts >= policy.max_attempts:
                 if outlook.throttled:
                     outlook.recovers = time.time()  # this candidate is untried and ready now

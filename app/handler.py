@@ -60,6 +60,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("aoai_gateway")
 
+_WANTED = (b"authorization", b"api-key", b"x-request-id", b"content-length", b"content-type")
 # Azure response headers a client may use; everything else stays behind.
 _PASS = (b"x-ms-region", b"apim-request-id", b"x-ratelimit-")
 _SSE_HEADERS = [
@@ -144,7 +145,8 @@ async def handle(gw: Gateway, route: Route, scope: Scope, receive: Receive, send
             body = await _read_body(gw, headers, receive)
             watches.arm(watch)
             if route.response_id is None:
-                await _create(gw, route, caller, body, rec, send)
+                content_type = headers.get(b"content-type", b"application/json")
+                await _create(gw, route, caller, body, content_type.decode("latin-1"), rec, send)
             else:
                 await _stored(gw, route, caller, scope, rec, send)
         except HungUp:
@@ -176,7 +178,7 @@ async def handle(gw: Gateway, route: Route, scope: Scope, receive: Receive, send
 def _wanted_headers(scope: Scope) -> dict[bytes, bytes]:
     wanted = {}
     for name, value in scope["headers"]:
-        if name in (b"authorization", b"api-key", b"x-request-id", b"content-length"):
+        if name in _WANTED:
             wanted[name] = value
     return wanted
 
@@ -236,13 +238,15 @@ async def _admit(gw: Gateway, caller: Caller, now: float) -> None:
 class _Create:
     """The upstream call of a create: the operation's URL and rewritten body per target."""
 
-    __slots__ = ("_bodies", "addressed", "api", "method", "op", "parsed")
+    __slots__ = ("_bodies", "addressed", "api", "content_type", "method", "op", "parsed")
 
     def __init__(self, op: Operation, parsed: Parsed) -> None:
         self.op = op
         self.api = op.name
         self.method = "POST"
         self.addressed = False
+        ct = parsed.content_type
+        self.content_type = None if ct == "application/json" else ct
         self.parsed = parsed
         self._bodies: dict[tuple[str, bool], bytes] = {}
 
@@ -265,16 +269,23 @@ class _Fixed:
     url: str
     body: bytes
     addressed: bool = True
+    content_type: str | None = None
 
     def prepare(self, target: Target) -> tuple[str, bytes]:
         return self.url, self.body
 
 
 async def _create(
-    gw: Gateway, route: Route, caller: Caller, body: bytes, rec: Record, send: Send
+    gw: Gateway,
+    route: Route,
+    caller: Caller,
+    body: bytes,
+    content_type: str,
+    rec: Record,
+    send: Send,
 ) -> None:
     op = route.op
-    parsed = op.parse(body, route.model)
+    parsed = op.parse(body, route.model, content_type)
     model = rec.asked = parsed.model
     if not caller.allows(model):  # before the lookup: a key learns nothing of other models
         raise Forbidden(f"This key may not use the model '{model}'.", param="model")
@@ -473,7 +484,7 @@ async def _relay_body(
     rec.status = resp.status
     rec.ttft = time.perf_counter() - rec.started
     if resp.status == 200 and op is not None:
-        facts = op.facts(body)
+        facts = op.facts(body, content_type)
         rec.tokens = facts.tokens
         rec.answer_model = facts.model
         if remember is not None and facts.response_id is not None:

@@ -75,6 +75,7 @@ class ChatCall:
     api = "chat"
     method = "POST"
     addressed = False
+    content_type = None
 
     def prepare(self, target: Target) -> tuple[str, bytes]:
         return target.urls["chat"], b'{"model": "%s"}' % target.deployment.encode()
@@ -105,6 +106,7 @@ async def run(
     recovers: float | None = None,
     recorder: Recorder | None = None,
     buffer: bool = False,
+    call: Any = None,
 ) -> tuple[Any, Trace]:
     trace = Trace()
     upstream = HttpxUpstream()
@@ -115,7 +117,7 @@ async def run(
             pol or policy(),
             list(targets),
             recovers,
-            ChatCall(),
+            call or ChatCall(),
             recorder or Recorder(),
             trace,
             buffer=buffer,
@@ -132,6 +134,32 @@ def keys_used(route: respx.Route) -> list[str]:
 
 
 # --- success and the 4xx the caller must see --------------------------------------
+
+
+class FormCall(ChatCall):
+    """A multipart upload: its own content type, a URL addressing a stored thing."""
+
+    content_type = "multipart/form-data; boundary=xyz"
+    addressed = True
+
+
+@pytest.mark.anyio
+async def test_a_call_with_its_own_content_type_sends_it(mock: respx.MockRouter) -> None:
+    east = mock.post(EAST).respond(200, json=OK_BODY)
+    (status, _), _ = await run(table()["gpt-4o"], MemoryState(), call=FormCall())
+    assert status == 200
+    sent = east.calls.last.request.headers
+    assert sent["content-type"] == "multipart/form-data; boundary=xyz"
+    assert sent["api-key"] == "east-k1"
+
+
+@pytest.mark.anyio
+async def test_a_404_about_an_addressed_thing_is_the_answer(mock: respx.MockRouter) -> None:
+    east = mock.post(EAST).respond(404, json={"error": {"code": "not_found"}})
+    west = mock.post(WEST).respond(200, json=OK_BODY)
+    (status, _), trace = await run(table()["gpt-4o"], MemoryState(), call=FormCall())
+    assert status == 404  # not "deployment not found": no failover
+    assert (east.call_count, west.call_count, trace.attempts) == (1, 0, 1)
 
 
 @pytest.mark.anyio

@@ -14,8 +14,11 @@ generic path in `app.handler`, which never names one:
 
 A new operation is one module with a subclass of `Operation` and an entry in
 `app.operations.OPERATIONS`. Operations whose request is not JSON (multipart
-image edits, audio) override `parse` and keep the raw body in `Parsed.body`;
-answers that are bytes rather than JSON use `Answer.BYTES` and read no usage.
+image edits, audio) override `parse` (it gets the caller's content type), keep
+the raw body in `Parsed.body` and set `Parsed.content_type`, which the upstream
+call is sent with; `rewrite` gives the bytes for one deployment. Answers that
+are bytes rather than JSON use `Answer.BYTES`; `facts` gets the answer's content
+type, so it can read usage from whatever the answer is.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import orjson
 
 from app.errors import BadRequest
 from app.jsonbody import load_object
+
+JSON = "application/json"
 
 
 class Answer(enum.Enum):
@@ -56,7 +61,7 @@ class Parsed:
     stream: bool
     data: dict[str, Any]  # the JSON body (a multipart operation puts its fields here)
     body: bytes = b""  # the raw body, for operations that forward it unchanged
-    content_type: str = "application/json"
+    content_type: str = "application/json"  # what the upstream is sent (a multipart boundary)
 
 
 @dataclass(slots=True)
@@ -100,7 +105,8 @@ class Operation:
     def url(self, place: Place) -> str:
         raise NotImplementedError
 
-    def parse(self, body: bytes, path_model: str | None) -> Parsed:
+    def parse(self, body: bytes, path_model: str | None, content_type: str = JSON) -> Parsed:
+        """The request, parsed once; `content_type` is the caller's (multipart has a boundary)."""
         data = json_object(body)
         model = path_model or data.get("model")
         if not isinstance(model, str) or not model:
@@ -116,8 +122,8 @@ class Operation:
         out["model"] = deployment
         return orjson.dumps(out)
 
-    def facts(self, body: bytes) -> Facts:
-        """Usage (and a stored response's id) of a whole 200 answer."""
+    def facts(self, body: bytes, content_type: str = JSON) -> Facts:
+        """Usage (and a stored response's id) of a whole 200 answer of this content type."""
         return Facts()
 
     def scan(self, parsed: Parsed | None) -> Scan:

@@ -15,7 +15,7 @@ import orjson
 
 from app import relay
 from app.errors import BadRequest
-from app.operations.base import Answer, Facts, Operation, Parsed, Place
+from app.operations.base import JSON, Answer, Facts, Operation, Parsed, Place
 
 # Parameters Azure's reasoning deployments answer 400 `unsupported_parameter` to.
 REASONING_UNSUPPORTED = (
@@ -112,7 +112,7 @@ class Chat(Operation):
             parsed.data, deployment=deployment, reasoning=reasoning, want_usage=True
         )
 
-    def facts(self, body: bytes) -> Facts:
+    def facts(self, body: bytes, content_type: str = JSON) -> Facts:
         usage, model = relay.usage_of(body)
         return Facts(relay.token_counts(usage) if usage is not None else {}, model=model)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from app.errors import BadRequest
 from app.operations.base import (
+    JSON,
     Answer,
     Facts,
     Operation,
@@ -40,8 +41,8 @@ class Embeddings(Operation):
             f"?api-version={place.api_version}"
         )
 
-    def parse(self, body: bytes, path_model: str | None) -> Parsed:
-        parsed = super().parse(body, path_model)
+    def parse(self, body: bytes, path_model: str | None, content_type: str = JSON) -> Parsed:
+        parsed = super().parse(body, path_model, content_type)
         parsed.stream = False  # embeddings are never streamed
         return parsed
 
@@ -53,7 +54,7 @@ class Embeddings(Operation):
                 param="input",
             )
 
-    def facts(self, body: bytes) -> Facts:
+    def facts(self, body: bytes, content_type: str = JSON) -> Facts:
         data = body_json(body)
         usage = data.get("usage") if data is not None else None
         if data is None or not isinstance(usage, dict):

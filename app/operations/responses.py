@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from app.operations.base import (
+    JSON,
     Answer,
     Facts,
     Operation,
@@ -311,7 +312,7 @@ class Responses(Operation):
     def rewrite(self, parsed: Parsed, deployment: str, reasoning: bool) -> bytes:
         return rewrite_body(parsed.data, deployment=deployment, reasoning=reasoning)
 
-    def facts(self, body: bytes) -> Facts:
+    def facts(self, body: bytes, content_type: str = JSON) -> Facts:
         data = body_json(body)
         if data is None:
             return Facts()
