@@ -275,3 +275,42 @@ def test_client_hang_up_closes_the_upstream_stream(sim: dict[str, Sim], start_ga
     sock.recv(200)
     sock.close()
     wait_until(lambda: sweden.stats()["in_flight"] == 0, 3, "upstream stream closed")
+
+
+def test_background_response_resumed_as_a_stream_and_cancelled(
+    sim: dict[str, Sim], start_gateway: Any
+) -> None:
+    gw = start_gateway(config(sim))
+    c = client(gw)
+    r = c.responses.create(model="gpt-4o", input=PROMPT, background=True)
+    assert r.status in ("queued", "in_progress")
+    events = list(c.responses.retrieve(r.id, stream=True, starting_after=0))
+    assert events[-1].type == "response.completed"
+    assert all(e.sequence_number > 0 for e in events)  # resumed after event 0
+    late = c.responses.create(model="gpt-4o", input=PROMPT, background=True)
+    cancelled = c.responses.cancel(late.id)
+    assert cancelled.id == late.id
+    assert cancelled.status in ("cancelled", "completed")
+
+
+def test_allowlists_and_limits_apply_to_every_operation(
+    sim: dict[str, Sim], start_gateway: Any
+) -> None:
+    cfg = config(sim)
+    cfg["gateway"] = {
+        "keys": [
+            {"name": "alice", "key": GATEWAY_KEY, "rpm": 2},
+            {"name": "mini", "key": "test-gateway-key-mini", "models": ["gpt-4o-mini"]},
+        ]
+    }
+    gw = start_gateway(cfg)
+    mini = client(gw, "test-gateway-key-mini")
+    with pytest.raises(openai.PermissionDeniedError):
+        mini.responses.create(model="gpt-4o", input=PROMPT)
+    with pytest.raises(openai.PermissionDeniedError):
+        mini.embeddings.create(model="text-embedding-3-small", input="x")
+    alice = client(gw)
+    alice.embeddings.create(model="text-embedding-3-small", input="x")
+    alice.responses.create(model="gpt-4o", input=PROMPT)
+    with pytest.raises(openai.RateLimitError):  # one rpm window over both operations
+        alice.embeddings.create(model="text-embedding-3-small", input="x")
