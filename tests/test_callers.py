@@ -162,6 +162,18 @@ def test_json_nested_too_deep_is_400_not_500(gw8: Gateway, levels: int) -> None:
     assert "nested" in error["message"] or "depth" in error["message"]
 
 
+@pytest.mark.parametrize("route", ["/v1/responses", "/v1/embeddings", "/openai/v1/responses"])
+def test_json_nested_too_deep_is_400_on_every_json_route(gw8: Gateway, route: str) -> None:
+    r = httpx.post(
+        gw8.url + route,
+        content=nested(300),
+        headers={**gw8.headers(), "content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 400, r.text
+    assert "nested" in r.json()["error"]["message"]
+
+
 def test_json_nested_254_levels_is_served(gw8: Gateway) -> None:
     assert chat(gw8, nested(254)).status_code == 200
 
