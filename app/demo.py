@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import socket
@@ -45,7 +46,9 @@ MODELS = {
     "gpt-4o": ["eastus/gpt-4o", "sweden/gpt-4o"],
     "gpt-4o-mini": ["sweden/gpt-4o-mini", "eastus/gpt-4o-mini"],
     "o3-mini": ["eastus/o3-mini"],
+    "text-embedding-3-small": ["eastus/text-embedding-3-small", "sweden/text-embedding-3-small"],
 }
+ASK = "Hello from the demo"
 
 log = logging.getLogger("aoai_gateway")
 
@@ -189,7 +192,10 @@ def _describe(r: dict[str, Any]) -> str:
         return f"  {r.get('status')} {r.get('method')} {r.get('path')} in {r.get('duration_ms')} ms"
     where = f"{r.get('resource')}/{r.get('deployment')}" if r.get("resource") else None
     tries = r.get("attempts") or 0
-    head = f"  {r.get('status')} {r.get('model')} {'stream' if r.get('stream') else 'request'}"
+    api = r.get("api")
+    what = f"{api} " if api and api != "chat" else ""
+    kind = "stream" if r.get("stream") else "request"
+    head = f"  {r.get('status')} {r.get('model')} {what}{kind}"
     took = f"in {r.get('duration_ms')} ms"
     if r.get("error") is None and where:
         return f"{head} served by {where} {took}" + (
@@ -216,11 +222,25 @@ def _setup_logging() -> None:
         app_log.addHandler(handler)
 
 
+def _curl(url: str, body: dict[str, Any], stream: bool = False) -> str:
+    """A copy-and-paste curl line posting ``body`` as JSON."""
+    flag = " -N" if stream else ""
+    data = json.dumps(body)
+    return f"curl{flag} {url} -H 'content-type: application/json' \\\n    -d '{data}'"
+
+
 def banner(base: str, tty: bool) -> str:
-    chat = (
-        f"curl -N {base}/v1/chat/completions -H 'content-type: application/json' \\\n"
-        '    -d \'{"model": "gpt-4o", "stream": true, '
-        '"messages": [{"role": "user", "content": "Hello from the demo"}]}\''
+    messages = [{"role": "user", "content": ASK}]
+    chat = _curl(
+        f"{base}/v1/chat/completions",
+        {"model": "gpt-4o", "stream": True, "messages": messages},
+        True,
+    )
+    responses = _curl(
+        f"{base}/v1/responses", {"model": "gpt-4o", "stream": True, "input": ASK}, True
+    )
+    embeddings = _curl(
+        f"{base}/v1/embeddings", {"model": "text-embedding-3-small", "input": ASK, "dimensions": 8}
     )
     routes = ", ".join(
         f"{m} ({' then '.join(t.split('/')[0] for t in ts)})" for m, ts in MODELS.items()
@@ -236,6 +256,21 @@ def banner(base: str, tty: bool) -> str:
         "",
         "Stream a chat:",
         f"  {chat}",
+        "",
+        "The Responses API (what Codex CLI and the OpenAI Agents SDK speak), streamed:",
+        f"  {responses}",
+        "",
+        "Embeddings:",
+        f"  {embeddings}",
+        "",
+        "Codex CLI: in ~/.codex/config.toml, then `AOAI_GATEWAY_KEY=demo codex`:",
+        '  model = "gpt-4o"',
+        '  model_provider = "aoai-gateway"',
+        "  [model_providers.aoai-gateway]",
+        '  name = "aoai-gateway demo"',
+        f'  base_url = "{base}/v1"',
+        '  env_key = "AOAI_GATEWAY_KEY"',
+        '  wire_api = "responses"',
         "",
         'Chatbox: Settings > Model Provider > Add, API mode "OpenAI API Compatible":',
         f"  API Host  {base}/v1",

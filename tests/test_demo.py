@@ -52,6 +52,8 @@ def test_demo_streams_then_fails_over_to_the_other_region(
     assert f"curl -N {url}/v1/chat/completions" in banner
     assert f"API Host  {url}/v1" in banner and "API Path  /chat/completions" in banner
     assert f"curl -X POST {url}/demo/fail/eastus" in banner
+    assert f"curl -N {url}/v1/responses" in banner and f"curl {url}/v1/embeddings" in banner
+    assert f'base_url = "{url}/v1"' in banner and 'wire_api = "responses"' in banner
 
     client = openai.OpenAI(base_url=url + "/v1", api_key="demo", max_retries=0)
     ask = [{"role": "user", "content": "Hello from the demo"}]
@@ -64,6 +66,20 @@ def test_demo_streams_then_fails_over_to_the_other_region(
         return raw.headers["x-ms-region"], text
 
     assert stream_chat() == ("eastus", "You said: Hello from the demo")
+
+    # the Responses API, plain then a streamed follow-up, and embeddings
+    made = client.responses.with_raw_response.create(model="gpt-4o", input="Hello from the demo")
+    assert made.headers["x-ms-region"] == "eastus"
+    first = made.parse()
+    assert first.output_text == "You said: Hello from the demo"
+    with client.responses.stream(
+        model="gpt-4o", input="and again", previous_response_id=first.id
+    ) as stream:
+        assert stream.get_final_response().output_text == "You said: and again"
+    vectors = client.embeddings.create(
+        model="text-embedding-3-small", input=["one", "two"], dimensions=8
+    )
+    assert [len(v.embedding) for v in vectors.data] == [8, 8]
 
     failed = httpx.post(url + "/demo/fail/eastus", headers={"x-request-id": "demo-req-1"})
     assert failed.status_code == 200
@@ -97,6 +113,8 @@ def test_demo_streams_then_fails_over_to_the_other_region(
     log = out.read_text()
     assert "served by sweden/gpt-4o" in log and "demo stopped" in log
     assert "  200 GET /status in " in log and "None" not in log  # other routes read right too
+    assert "gpt-4o responses stream served by eastus/gpt-4o" in log
+    assert "text-embedding-3-small embeddings request served by eastus" in log
     assert "Traceback" not in log
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/healthz", timeout=2)
