@@ -1,14 +1,16 @@
 """The benchmark: the gateway against a direct call to the simulator, in one run.
 
-    python -m bench               # the full run (about 3 minutes), prints the README table
+    python -m bench               # the full run (about 5 minutes), prints the README table
     python -m bench --smoke       # seconds; CI runs this to prove the harness works
 
 It starts the project's simulator (one Azure resource) and the gateway exactly
 as a user would (`aoai-gateway serve --config ...`) with every foundation
 feature on: gateway-key auth, routing, two upstream keys, metrics, usage
 capture to SQLite and the JSON access log. Then, for plain and streaming
-requests, it alternates direct and through-gateway runs (A B A B) and reports
-medians (the ratio is the median of each A/B pair's ratio), with latency
+chat, streamed Responses and embeddings, it alternates direct and through-gateway
+runs (A B A B) and reports medians (the ratio is the median of each A/B pair's
+ratio); where nginx is installed, a plain nginx `proxy_pass` (one worker, upstream
+keep-alive) joins the chat rounds as the limit of any relay on the machine. With latency
 percentiles, the CPU per request of each server process, the added p50
 latency and time-to-first-token at one connection, 1,000
 concurrent open streams with the gateway's peak RSS, and 1 MB bodies.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -37,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from bench import load
+from bench import load, nginx
 
 SIM_KEY = "bench-azure-key-1"
 GATEWAY_KEY = "bench-gateway-key"
@@ -122,22 +125,35 @@ def peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+@dataclass(frozen=True)
+class Mode:
+    """One kind of request, sent the same way direct and through the gateway."""
+
+    name: str
+    direct_path: str
+    gateway_path: str
+    body: bytes
+    nginx: bool = False  # also through the plain nginx relay
+
+
 @dataclass
 class Pair:
     name: str
     direct: list[dict[str, float]] = field(default_factory=list)
     gateway: list[dict[str, float]] = field(default_factory=list)
+    nginx: list[dict[str, float]] = field(default_factory=list)
 
     def typical(self, side: str) -> dict[str, float]:
         """Per measure, the median over this side's runs."""
         runs = getattr(self, side)
         return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
-    def ratio(self) -> float:
-        """Median of gateway/direct over adjacent A/B runs: drift on a noisy
+    def ratio(self, side: str = "gateway") -> float:
+        """Median of side/direct over adjacent A/B runs: drift on a noisy
         machine moves both runs of a pair together, so it cancels out."""
+        runs: list[dict[str, float]] = getattr(self, side)
         return statistics.median(
-            g["rps"] / d["rps"] for d, g in zip(self.direct, self.gateway, strict=True)
+            g["rps"] / d["rps"] for d, g in zip(self.direct, runs, strict=True)
         )
 
 
@@ -162,6 +178,32 @@ def body_for(model: str, stream: bool, text: str = MESSAGE) -> bytes:
     if stream:
         data["stream"] = True
     return json.dumps(data).encode()
+
+
+def responses_body(model: str, text: str = MESSAGE) -> bytes:
+    """A streamed Responses request (stored, as the SDKs' default)."""
+    return json.dumps({"model": model, "input": text, "stream": True}).encode()
+
+
+def embeddings_body(model: str, text: str = MESSAGE) -> bytes:
+    """An embeddings request as the openai SDKs send it (base64 vectors)."""
+    return json.dumps({"model": model, "input": text, "encoding_format": "base64"}).encode()
+
+
+def modes(relay: bool) -> list[Mode]:
+    """Every mode measured; ``relay``: nginx is there to join the chat modes."""
+    chat = "/chat/completions"
+    return [
+        Mode("plain", "/openai/v1" + chat, "/v1" + chat, body_for("gpt-4o", False), relay),
+        Mode("stream", "/openai/v1" + chat, "/v1" + chat, body_for("gpt-4o", True), relay),
+        Mode("responses stream", "/openai/v1/responses", "/v1/responses", responses_body("gpt-4o")),
+        Mode(
+            "embeddings",
+            "/openai/v1/embeddings",
+            "/v1/embeddings",
+            embeddings_body("text-embedding-3-small"),
+        ),
+    ]
 
 
 _CONTENT = re.compile(rb'"delta":\{"content":"[^"]')
@@ -250,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds, args.rounds, args.streams = 1.0, 1, 50
 
     tmp = Path(tempfile.mkdtemp(prefix="aoai-bench-"))
-    sim_port, slow_port, gw_port = free_port(), free_port(), free_port()
+    sim_port, slow_port, gw_port, relay_port = free_port(), free_port(), free_port(), free_port()
+    nginx_exe = nginx.binary()
     sim_url, slow_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{slow_port}"
     gw_url = f"http://127.0.0.1:{gw_port}"
     config = {
@@ -259,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
             "sim": {"endpoint": sim_url, "keys": [SIM_KEY, "bench-azure-key-2"]},
             "slow": {"endpoint": slow_url, "keys": [SIM_KEY]},
         },
-        "models": {"gpt-4o": ["sim/gpt-4o"], "gpt-4o-slow": ["slow/gpt-4o"]},
+        "models": {
+            "gpt-4o": ["sim/gpt-4o"],
+            "gpt-4o-slow": ["slow/gpt-4o"],
+            "text-embedding-3-small": ["sim/text-embedding-3-small"],
+        },
         "state": {"path": str(tmp / "usage.db")},
     }
     (tmp / "gateway.yaml").write_text(json.dumps(config))
@@ -309,31 +356,39 @@ def main(argv: list[str] | None = None) -> int:
         "connections": args.connections,
         "seconds": args.seconds,
         "workers": args.workers,
+        "nginx": nginx_exe is not None,
     }
     print(
         f"# aoai-gateway benchmark — {results['machine']}; load: {results['load_generator']}, "
         f"{args.connections} connections, {args.seconds:g}s per run, {args.rounds} A/B rounds",
         flush=True,
     )
-    with (
-        process(sim_cmd, f"{sim_url}/healthz", tmp / "sim.log") as sim,
-        process(slow_cmd, f"{slow_url}/healthz", tmp / "slow.log"),
-        process(gw_cmd, f"{gw_url}/healthz", tmp / "gateway.log") as gw,
-    ):
+    relay_url = f"http://127.0.0.1:{relay_port}"
+    with contextlib.ExitStack() as stack:
+        sim = stack.enter_context(process(sim_cmd, f"{sim_url}/healthz", tmp / "sim.log"))
+        stack.enter_context(process(slow_cmd, f"{slow_url}/healthz", tmp / "slow.log"))
+        gw = stack.enter_context(process(gw_cmd, f"{gw_url}/healthz", tmp / "gateway.log"))
+        relay = None
+        if nginx_exe is not None:
+            relay_cmd = nginx.command(nginx_exe, relay_port, sim_port, tmp)
+            relay = stack.enter_context(
+                process(relay_cmd, f"{relay_url}/healthz", tmp / "nginx.log")
+            )
         pairs = []
-        for name, stream in (("plain", False), ("stream", True)):
-            pair = Pair(name)
+        for mode in modes(relay is not None):
+            pair = Pair(mode.name)
+            sides = [
+                ("direct", sim_url + mode.direct_path, direct_h, sim.pid),
+                ("gateway", gw_url + mode.gateway_path, gw_h, gw.pid),
+            ]
+            if mode.nginx and relay is not None:
+                sides.append(("nginx", relay_url + mode.direct_path, direct_h, relay.pid))
             for r in range(args.rounds):
-                for side, url, hdr, pid in (
-                    ("direct", direct_chat, direct_h, sim.pid),
-                    ("gateway", gw_chat, gw_h, gw.pid),
-                ):
-                    m = measure(
-                        url, hdr, body_for("gpt-4o", stream), args.connections, args.seconds, pid
-                    )
+                for side, url, hdr, pid in sides:
+                    m = measure(url, hdr, mode.body, args.connections, args.seconds, pid)
                     getattr(pair, side).append(m)
                     print(
-                        f"  {name:6} round {r + 1} {side:7} {m['rps']:9.0f} req/s  "
+                        f"  {mode.name:16} round {r + 1} {side:7} {m['rps']:9.0f} req/s  "
                         f"p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms  "
                         f"errors {m['errors']:.0f}  cpu {m['cpu_us_per_req']:.0f} us/req",
                         flush=True,
@@ -361,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             "direct": p.typical("direct"),
             "gateway": p.typical("gateway"),
             "ratio": p.ratio(),
+            **({"nginx": p.typical("nginx"), "nginx_ratio": p.ratio("nginx")} if p.nginx else {}),
             "runs": asdict(p),
         }
         for p in pairs
@@ -390,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out}")
-    errors = sum(r["errors"] for p in pairs for r in (*p.direct, *p.gateway))
+    errors = sum(r["errors"] for p in pairs for r in (*p.direct, *p.gateway, *p.nginx))
     return 0 if streams["failed"] == 0 and errors == 0 else 1
 
 
@@ -413,6 +469,11 @@ def report(r: dict[str, Any]) -> str:
             f"| {name}: CPU per request (server process) | {d['cpu_us_per_req']:.0f} us | "
             f"{g['cpu_us_per_req']:.0f} us | |"
         )
+        if "nginx" in m:
+            lines.append(
+                f"| {name}: nginx proxy_pass req/s (1 worker, upstream keep-alive) | "
+                f"{d['rps']:.0f} | {m['nginx']['rps']:.0f} (nginx) | {m['nginx_ratio']:.2f} |"
+            )
     o = r["one_connection"]
     lines.append(
         f"| p50 latency at 1 connection | {o['direct_p50_ms']:.2f} ms | "
