@@ -45,8 +45,9 @@ def describe(
 
 
 def operation_urls(target: Target) -> list[tuple[str, str]]:
-    """(operation, exact upstream URL) for every operation the gateway serves."""
-    return [("chat", target.url)]
+    """(operation, exact upstream URL) for every operation the gateway serves: built by
+    the operation modules (`app.operations`), the URLs the hot path calls."""
+    return list(target.urls.items())
 
 
 def routes_table(table: Mapping[str, tuple[Target, ...]]) -> list[str]:

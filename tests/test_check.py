@@ -50,8 +50,10 @@ def test_pasted_portal_urls_give_the_exact_upstream_url_and_say_what_they_held(
     )
     result = run("check", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    (row,) = rows(result.stdout)
-    assert (row["OPERATION"], row["URL"]) == ("chat", url)
+    by_operation = {r["OPERATION"]: r["URL"] for r in rows(result.stdout)}
+    assert by_operation["chat"] == url
+    assert set(by_operation) == {"chat", "responses", "embeddings"}  # every operation served
+    assert by_operation["embeddings"] == url.replace("chat/completions", "embeddings")
     (note,) = [ln for ln in result.stdout.splitlines() if ln.startswith("note: ")]
     for part in said:
         assert part in note

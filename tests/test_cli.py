@@ -82,7 +82,21 @@ def test_check_prints_the_routing_table_and_no_key(tmp_path: Path) -> None:
     out = result.stdout
     assert f"configuration OK: {path}" in out
     assert "2 resources, 2 models, 2 gateway keys" in out
-    table = rows(out)
+    every = rows(out)
+    # one row per operation the gateway serves, each with its exact upstream URL
+    assert [r["OPERATION"] for r in every] == ["chat", "responses", "embeddings"] * 3
+    urls = {(r["RESOURCE"], r["DEPLOYMENT"], r["OPERATION"]): r["URL"] for r in every}
+    assert urls[("eastus", "gpt-4o", "responses")] == (
+        "https://contoso-eastus.openai.azure.com/openai/v1/responses"
+    )
+    assert urls[("sweden", "gpt4o-prod", "embeddings")] == (
+        "https://contoso-sweden.services.ai.azure.com/openai/deployments/gpt4o-prod/"
+        "embeddings?api-version=2025-01-01-preview"
+    )
+    assert urls[("sweden", "gpt4o-prod", "responses")].startswith(
+        "https://contoso-sweden.services.ai.azure.com/openai/responses?api-version="
+    )
+    table = [r for r in every if r["OPERATION"] == "chat"]
     assert [(r["MODEL"], r["RESOURCE"], r["DEPLOYMENT"]) for r in table] == [
         ("gpt-4o", "sweden", "gpt4o-prod"),
         ("gpt-4o", "eastus", "gpt-4o"),
