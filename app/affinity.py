@@ -26,13 +26,21 @@ import hashlib
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
+from app.errors import BadRequest, GatewayError, RateLimited, ResponseNotFound, ResponseUnavailable
+
+if TYPE_CHECKING:
+    from app.routing import Target
+
 log = logging.getLogger("aoai_gateway")
 
+PURGE_EVERY = 3600.0  # seconds between two deletions of expired owners
 CACHE_SIZE = 100_000  # owners kept in memory per process (about 20 MB at most)
 RECHECK = 0.05  # seconds before a miss is looked up once more
 DAY = 86400.0
@@ -63,6 +71,51 @@ class Owner:
 def id_hash(response_id: str) -> str:
     """A response id as the access log shows it: enough to correlate, not to use."""
     return hashlib.sha256(response_id.encode()).hexdigest()[:16]
+
+
+# --- routing a request that names a stored response (pure decisions) ---------------------
+
+
+def not_found(response_id: str) -> ResponseNotFound:
+    """What an unknown id and another key's id both get: the same 404."""
+    return ResponseNotFound(f"Response with id '{response_id}' not found.", param="response_id")
+
+
+def on_resource(
+    targets: tuple[Target, ...], owner: Owner, response_id: str, model: str
+) -> tuple[Target, ...]:
+    """The model's deployments on the owner's resource, the one that wrote it first."""
+    here = [t for t in targets if t.resource == owner.resource]
+    if not here:
+        raise BadRequest(
+            f"Response '{response_id}' is stored on resource '{owner.resource}', where this "
+            f"gateway has no deployment of model '{model}'; continue it with a model served there.",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    here.sort(key=lambda t: t.deployment != owner.deployment)
+    return tuple(here)
+
+
+def unavailable(
+    response_id: str,
+    target: Target,
+    exc: GatewayError,
+    cooling_until: Callable[[str], float],
+    now: float,
+) -> ResponseUnavailable:
+    """The owner's resource cannot serve: say so, and when it may again; no other region."""
+    wait: float | None = None
+    if isinstance(exc, RateLimited):
+        wait = exc.retry_after
+    elif cooling_until(target.id) > now:
+        wait = cooling_until(target.id) - now
+    return ResponseUnavailable(
+        f"Response '{response_id}' is stored on resource '{target.resource}', which cannot "
+        f"serve it now ({exc.message}). It is not sent to another resource, which would not "
+        "have it" + ("; retry after the time in the retry-after header." if wait else "."),
+        wait,
+    )
 
 
 class OwnerCache:
@@ -109,6 +162,7 @@ class SQLiteAffinity:
         self._lock = asyncio.Lock()
         self._failing = False
         self._closed = False
+        self._purged = 0.0
 
     def remember(self, response_id: str, owner: Owner, now: float) -> None:
         until = now + self.ttl
@@ -125,6 +179,10 @@ class SQLiteAffinity:
             if not rows or self._closed:
                 return
             try:
+                now = time.time()
+                if now - self._purged > PURGE_EVERY:  # a long-running process: drop expired
+                    self._purged = now
+                    await asyncio.to_thread(self._purge, now)
                 await asyncio.to_thread(self._insert, rows)
             except sqlite3.Error as exc:
                 if not self._failing:
@@ -173,6 +231,7 @@ class SQLiteAffinity:
         now = time.time()
         with contextlib.suppress(sqlite3.Error):
             async with self._lock:
+                self._purged = now
                 await asyncio.to_thread(self._purge, now)
 
     def _purge(self, now: float) -> None:

@@ -31,11 +31,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.affinity import Owner, id_hash
+from app.affinity import Owner, id_hash, not_found, on_resource, unavailable
 from app.auth import Caller, bearer_token
 from app.disconnect import Watch
 from app.errors import (
-    BadRequest,
     Forbidden,
     GatewayError,
     NotFound,
@@ -308,7 +307,7 @@ async def _create(
             pinned = None  # never seen here (it may predate the gateway): routed as usual
         else:
             _check_owner(rec, caller, owner, pinned)
-            targets = _on_resource(targets, owner, pinned, model)
+            targets = on_resource(targets, owner, pinned, model)
     ordered, recovers = order(targets, services.state.cooling_until, now, gw.rng)
     try:
         resp = await connect(
@@ -348,7 +347,7 @@ async def _stored(
     now = time.time()
     owner = await services.state.owner(response_id, now)
     if owner is None:
-        raise _not_found(response_id)
+        raise not_found(response_id)
     _check_owner(rec, caller, owner, response_id)
     target = gw.holder(owner)
     if target is None:
@@ -390,10 +389,6 @@ async def _stored(
         await resp.aclose()
 
 
-def _not_found(response_id: str) -> ResponseNotFound:
-    return ResponseNotFound(f"Response with id '{response_id}' not found.", param="response_id")
-
-
 def _check_owner(rec: Record, caller: Caller, owner: Owner, response_id: str) -> None:
     """Another key's stored response is answered exactly like an id that does not exist."""
     if owner.key != caller.name:
@@ -403,42 +398,13 @@ def _check_owner(rec: Record, caller: Caller, owner: Owner, response_id: str) ->
             caller.name,
             rec.response,
         )
-        raise _not_found(response_id)
-
-
-def _on_resource(
-    targets: tuple[Target, ...], owner: Owner, response_id: str, model: str
-) -> tuple[Target, ...]:
-    """The model's deployments on the owner's resource, the one that wrote it first."""
-    here = [t for t in targets if t.resource == owner.resource]
-    if not here:
-        raise BadRequest(
-            f"Response '{response_id}' is stored on resource '{owner.resource}', where this "
-            f"gateway has no deployment of model '{model}'; continue it with a model served there.",
-            param="previous_response_id",
-            code="previous_response_not_found",
-        )
-    here.sort(key=lambda t: t.deployment != owner.deployment)
-    return tuple(here)
+        raise not_found(response_id)
 
 
 def _unavailable(
     gw: Gateway, response_id: str, target: Target, exc: GatewayError
 ) -> ResponseUnavailable:
-    """The owner's resource cannot serve: say so, and when it may again; no other region."""
-    wait: float | None = None
-    if isinstance(exc, RateLimited):
-        wait = exc.retry_after
-    else:
-        until = gw.services.state.cooling_until(target.id)
-        if until > time.time():
-            wait = until - time.time()
-    return ResponseUnavailable(
-        f"Response '{response_id}' is stored on resource '{target.resource}', which cannot "
-        f"serve it now ({exc.message}). It is not sent to another resource, which would not "
-        "have it" + ("; retry after the time in the retry-after header." if wait else "."),
-        wait,
-    )
+    return unavailable(response_id, target, exc, gw.services.state.cooling_until, time.time())
 
 
 def _rememberer(gw: Gateway, caller: Caller, rec: Record) -> Callable[[str], None]:

@@ -9,9 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from app.affinity import Owner, OwnerCache, SQLiteAffinity, id_hash
+from app.affinity import (
+    Owner,
+    OwnerCache,
+    SQLiteAffinity,
+    id_hash,
+    not_found,
+    on_resource,
+    unavailable,
+)
+from app.config import parse
+from app.errors import BadRequest, RateLimited, UpstreamFailed
 from app.metrics import Metrics
 from app.redis_state import RedisState
+from app.routing import Target, build_table
 from app.state import MemoryState
 from tests.redis_support import private_db
 
@@ -108,3 +119,49 @@ async def test_redis_owners_are_shared_by_replicas_and_expire(redis_url: str) ->
     finally:
         await a.close()
         await b.close()
+
+
+# --- routing decisions for a request naming a stored response -----------------------------
+
+
+def targets() -> tuple[Target, ...]:
+    config = parse(
+        """
+resources:
+  east: {endpoint: "https://east.example.com", keys: [east-key-1]}
+  sweden: {endpoint: "https://sweden.example.com", keys: [swe-key-1]}
+models:
+  gpt-4o: [east/gpt-4o, sweden/gpt-4o-a, sweden/gpt-4o]
+""",
+        {},
+    )
+    return build_table(config)["gpt-4o"]
+
+
+def test_on_resource_keeps_the_owners_resource_its_deployment_first() -> None:
+    here = on_resource(targets(), A, "resp_1", "gpt-4o")
+    assert [t.id for t in here] == ["sweden/gpt-4o", "sweden/gpt-4o-a"]
+
+
+def test_on_resource_without_a_deployment_there_is_a_400_naming_it() -> None:
+    with pytest.raises(BadRequest) as err:
+        on_resource(targets(), Owner("westus", "gpt-4o", "alice"), "resp_1", "gpt-4o")
+    assert err.value.param == "previous_response_id"
+    assert "westus" in err.value.message and "resp_1" in err.value.message
+
+
+def test_unavailable_names_response_and_resource_and_says_when() -> None:
+    target = targets()[2]
+    throttled = unavailable("resp_1", target, RateLimited("busy", 7.0), lambda _: 0.0, 100.0)
+    assert throttled.status == 503 and throttled.retry_after == 7.0
+    assert "resp_1" in throttled.message and "'sweden'" in throttled.message
+    cooling = unavailable("resp_1", target, UpstreamFailed("500"), lambda _: 130.0, 100.0)
+    assert cooling.retry_after == 30.0
+    assert dict(cooling.headers())[b"retry-after"] == b"30"
+    down = unavailable("resp_1", target, UpstreamFailed("keys"), lambda _: 0.0, 100.0)
+    assert down.retry_after is None and down.headers() == []  # waiting would not help
+
+
+def test_not_found_is_the_same_for_unknown_and_foreign_ids() -> None:
+    err = not_found("resp_x")
+    assert (err.status, err.code, err.param) == (404, "response_not_found", "response_id")
