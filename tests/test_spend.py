@@ -250,6 +250,10 @@ def test_two_gateways_on_one_redis_refuse_once_the_shared_budget_is_spent(
         assert spent["cost_usd"] == pytest.approx(spent["requests"] * GPT4O_CALL / 1e9)
         one.stop()
         two.stop()
+        # the report from Redis, with both gateways gone
+        report = json.loads(_cli(one, "--format", "json"))
+        assert report["rows"]["alice"]["requests"] == spent["requests"]
+        assert report["rows"]["alice"]["cost_usd"] == pytest.approx(spent["cost_usd"])
 
 
 @pytest.mark.redis
