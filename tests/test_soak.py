@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import orjson
@@ -47,10 +48,28 @@ class Tally:
     failed: list[str] = field(default_factory=list)
     hostile: int = 0  # hostile and hung-up connections made
     held: int = 0  # of those, the ones the gateway did not close in time
+    peak_callers: int = 0  # caller connections the gateway held at once, at most
 
 
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def caller_sockets(pid: int, port: int) -> int:
+    """The gateway's open sockets accepted on `port` (callers' connections, not upstream)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rpartition(":")[2], 16)
+        if local_port == port and fields[3] != "0A" and fields[9] in inodes:  # 0A: LISTEN
+            count += 1
+    return count
 
 
 @pytest.fixture(scope="module")
@@ -195,10 +214,12 @@ async def run(gw: Gateway, seconds: float, samples: list[tuple[float, int, int]]
     tally = Tally()
     until = time.monotonic() + seconds
     pid = gw.proc.pid
+    peak = [0]
 
     async def sample() -> None:
         while time.monotonic() < until:
             samples.append((time.monotonic(), rss_kib(pid), fds(pid)))
+            peak.append(caller_sockets(pid, gw.port))
             await asyncio.sleep(0.5)
 
     kinds: list[tuple[int, Callable[[int], Awaitable[bool]]]] = [
@@ -213,6 +234,7 @@ async def run(gw: Gateway, seconds: float, samples: list[tuple[float, int, int]]
     for count, kind in kinds:
         tasks += [repeat(lambda n=n, kind=kind: kind(n), until, tally) for n in range(count)]
     await asyncio.gather(sample(), *tasks)
+    tally.peak_callers = max(peak)
     return tally
 
 
@@ -254,8 +276,15 @@ def test_soak_normal_hostile_and_hung_up_clients(gw: Gateway) -> None:
     # fds: bounded while the connections are open, back where they were after.
     assert max(f for _, _, f in samples) < fds_before + 200 + NORMAL + 20
     fds_after = quiet_fds(gw, settle)
-    print(f"soak: fds {fds_before} before, {fds_after} after")
-    assert fds_after <= fds_before + 8, (fds_before, fds_after)
+    callers_after = caller_sockets(gw.proc.pid, gw.port)
+    print(
+        f"soak: fds {fds_before} before, {fds_after} after; caller sockets "
+        f"{tally.peak_callers} at most, {callers_after} after"
+    )
+    assert tally.peak_callers > NORMAL  # the count sees callers' connections while open
+    assert callers_after == 0  # every caller connection closed
+    # the rest is the upstream pool, which holds at most one connection per caller in flight
+    assert fds_after <= fds_before + NORMAL + HANG_UP, (fds_before, fds_after)
     logs = gw.logs()
     assert "Traceback" not in logs and "Exception in ASGI application" not in logs
 
