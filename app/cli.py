@@ -179,7 +179,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
     except StoreUnavailable as exc:
         print(f"the usage store did not answer: {exc}", file=sys.stderr)
         return 1
-    print(render(rows, args.by, args.format, args.since))
+    try:
+        print(render(rows, args.by, args.format, args.since), flush=True)
+    except BrokenPipeError:  # `usage ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
