@@ -73,8 +73,9 @@ def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def slow() -> Iterator[Sim]:
-    """A resource whose text deltas come 50 ms apart (background work stays in progress)."""
-    s = start_sim("slow", "--chunk-delay", "0.05")
+    """A resource whose text deltas come 0.2 s apart: background work stays in progress for
+    about 1.4 s, long enough to cancel it or resume its stream even on a loaded machine."""
+    s = start_sim("slow", "--chunk-delay", "0.2")
     yield s
     stop(s.proc)
 
