@@ -118,7 +118,9 @@ class Server:
             if self.current().keys.open:  # keyless: this machine's own callers only
                 refused = keyless_refusal(scope["method"], scope["headers"])
                 if refused is not None:
-                    await send_error(send, refused, request_id_of(scope))
+                    request_id, started = request_id_of(scope), time.perf_counter()
+                    await send_error(send, refused, request_id)
+                    self._log_other(scope, request_id, refused.status, started)
                     return
             path = scope["path"]
             if len(path) > 1 and path.endswith("/"):

@@ -161,3 +161,12 @@ def test_help_names_the_formats(tmp_path: Path) -> None:
 
     text = " ".join(run("serve", "--help", cwd=tmp_path).stdout.split())
     assert "(default: text when stderr is a terminal, else json)" in text
+
+
+def test_keyless_refusals_are_logged_too(sim: Any, start_gateway: Any) -> None:
+    gw = start_gateway(base_config(sim, gateway={}), "--log-format", "json", key=None)
+    r = httpx.get(gw.url + "/v1/models", headers={"host": "evil.example", "x-request-id": "t-host"})
+    assert r.status_code == 403
+    gw.stop()
+    (line,) = [json.loads(ln) for ln in gw.logs().splitlines() if '"t-host"' in ln]
+    assert (line["status"], line["method"], line["path"]) == (403, "GET", "/v1/models")
