@@ -69,3 +69,9 @@ def max_output(data: Any) -> int:
 def reservation(data: Any) -> int:
     """What `tpm` admission reserves for a request until its usage is known."""
     return prompt_tokens(data) + max_output(data)
+
+
+def abandoned(data: Any, relayed: int) -> dict[str, int]:
+    """The usage of a request whose answer's usage never arrived: the prompt's
+    estimate, and the content events relayed so far (about one token each)."""
+    return {"prompt_tokens": prompt_tokens(data), "completion_tokens": relayed}

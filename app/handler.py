@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import estimate
 from app.affinity import Owner, id_hash, not_found, on_resource, unavailable
 from app.auth import Caller, bearer_token
 from app.disconnect import Watch
@@ -85,6 +86,11 @@ class Record:
     responded: bool = False  # http.response.start was sent
     ended: bool = False  # the last body byte was sent: a disconnect now is no hang-up
     count_tokens: bool = False  # the caller has a tpm limit
+    reserved: int = 0  # tokens reserved in the caller's tpm window when admitted ...
+    admitted: float = 0.0  # ... at this time, settled in _finish
+    data: Any = None  # the parsed request: an estimate's source if Azure's usage never comes
+    relayed: int = 0  # content events of a stream relayed (about one token each)
+    estimated: bool = False  # tokens are the gateway's estimate (app.estimate)
     stream: bool = False
     ttft: float | None = None
     tokens: dict[str, int] = field(default_factory=dict)
@@ -216,16 +222,20 @@ async def _read_body(gw: Gateway, headers: dict[bytes, bytes], receive: Receive)
     return b"".join(parts)
 
 
-async def _admit(gw: Gateway, caller: Caller, now: float) -> None:
-    """The caller's own budget and rpm/tpm, on every route."""
+async def _admit(gw: Gateway, caller: Caller, now: float, rec: Record, data: Any = None) -> None:
+    """The caller's own budget and rpm/tpm, on every route; a create's estimated
+    tokens are reserved in a tpm window until `_finish` settles them."""
     if caller.budget is not None:
         refused = gw.services.budgets.check(caller.name, caller.budget, now)
         if refused is not None:
             raise refused
     if caller.rpm is None and caller.tpm is None:
         return
-    wait = await gw.services.state.admit(caller.name, caller.rpm, caller.tpm, now)
-    if wait is not None:
+    reserve = estimate.reservation(data) if caller.tpm is not None and data is not None else 0
+    wait = await gw.services.state.admit(caller.name, caller.rpm, caller.tpm, now, reserve)
+    if wait is None:
+        rec.reserved, rec.admitted = reserve, now
+    else:
         raise RateLimited(
             f"Rate limit reached for key '{caller.name}' "
             f"({limits_text(caller.rpm, caller.tpm)}); "
@@ -298,7 +308,8 @@ async def _create(
     rec.model = model
     services = gw.services
     now = time.time()
-    await _admit(gw, caller, now)
+    rec.data = parsed.data
+    await _admit(gw, caller, now, rec, parsed.data)
     rec.stream = parsed.stream
     pinned = op.stored_id(parsed)
     if pinned is not None:
@@ -356,7 +367,7 @@ async def _stored(
             "gateway no longer routes to.",
         )
     rec.model = target.model
-    await _admit(gw, caller, now)
+    await _admit(gw, caller, now, rec)
     query = scope.get("query_string", b"").decode("latin-1")
     method = scope["method"]
     stream = method == "GET" and "stream=true" in query.lower()
@@ -509,6 +520,7 @@ async def _relay_stream(
             {"type": "http.response.body", "body": scan.broken(err.message), "more_body": True}
         )
     finally:
+        rec.relayed = scan.relayed()
         if count:
             tokens = scan.tokens()
             if tokens:
@@ -548,17 +560,24 @@ def _finish(gw: Gateway, rec: Record) -> None:
     services.recent.add(rec, duration)
     target = rec.trace.target
     cost = None
+    now = time.time()
+    unfinished = rec.status == 499 or rec.error == "upstream_stream_error"
+    if not rec.tokens and rec.data is not None and target is not None and unfinished:
+        # the client left (or the stream broke) before Azure's usage: what is known,
+        # marked as estimated
+        rec.tokens = estimate.abandoned(rec.data, rec.relayed)
+        rec.estimated = True
     if rec.tokens:
         cost = gw.prices.cost(target.id if target else None, rec.answer_model, model, rec.tokens)
-        services.usage.record(rec.key, model, rec.tokens, cost)
+        services.usage.record(rec.key, model, rec.tokens, cost, rec.estimated)
         services.metrics.add_tokens(rec.api, rec.key, model, rec.tokens)
         services.metrics.add_cost(rec.key, model, cost)
-        now = time.time()
         if cost:
             services.budgets.add(rec.key, cost, now)
-        total = rec.tokens.get("prompt_tokens", 0) + rec.tokens.get("completion_tokens", 0)
-        if total and rec.count_tokens:
-            services.spawn(services.state.add_tokens(rec.key, total, now))
+    used = rec.tokens.get("prompt_tokens", 0) + rec.tokens.get("completion_tokens", 0)
+    if rec.reserved or (used and rec.count_tokens):
+        state = services.state
+        services.spawn(state.settle(rec.key, rec.admitted or now, rec.reserved, used, now))
     if services.access_log is not None:
         entry = {
             "request_id": rec.request_id,
@@ -577,6 +596,7 @@ def _finish(gw: Gateway, rec: Record) -> None:
             "tokens": rec.tokens or None,
             "cost_usd": cost / NANO if cost is not None else None,
             "unpriced": bool(rec.tokens) and cost is None,
+            "estimated": rec.estimated,
             "error": rec.error,
         }
         if rec.response is not None:

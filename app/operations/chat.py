@@ -78,6 +78,9 @@ class ChatScan(relay.SSEFilter):
     def tokens(self) -> dict[str, int]:
         return relay.token_counts(self.usage) if self.usage is not None else {}
 
+    def relayed(self) -> int:
+        return self.deltas
+
     def broken(self, message: str) -> bytes:
         return relay.error_event(message)
 

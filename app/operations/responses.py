@@ -224,6 +224,9 @@ class EventScan:
     def tokens(self) -> dict[str, int]:
         return usage_counts(self.usage) if self.usage is not None else {}
 
+    def relayed(self) -> int:
+        return self.events  # deltas, mostly; a few lifecycle events besides
+
     def broken(self, message: str) -> bytes:
         return failure_events(message, self.response_id, self.events)
 
