@@ -95,7 +95,8 @@ class GatewayKey(_Model):
 class GatewaySettings(_Model):
     keys: tuple[GatewayKey, ...] = ()
     cors_origins: tuple[str, ...] = ()
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # 26 MiB: a 25 MB audio upload (the transcription limit) and the form around it
+    max_body_bytes: int = Field(default=26 * 1024 * 1024, gt=0)
     # an upstream answer read whole (not streamed) larger than this fails the attempt
     max_upstream_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     # What one caller's connection may hold (app/listener.py; README, Security).

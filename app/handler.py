@@ -47,7 +47,7 @@ from app.errors import (
 )
 from app.failover import Trace, connect, cool_down
 from app.gateway import Gateway
-from app.operations import Operation, Parsed, Route, Scan
+from app.operations import Answer, Operation, Parsed, Route, Scan
 from app.operations.responses import stored_url
 from app.pricing import NANO
 from app.routing import Target, order
@@ -295,6 +295,7 @@ async def _create(
 ) -> None:
     op = route.op
     parsed = op.parse(body, route.model, content_type)
+    del body  # a multipart upload is held once, by `parsed.form`
     model = rec.asked = parsed.model
     if not caller.allows(model):  # before the lookup: a key learns nothing of other models
         raise Forbidden(f"This key may not use the model '{model}'.", param="model")
@@ -339,13 +340,17 @@ async def _create(
         raise _unavailable(gw, pinned, targets[0], exc) from None
     remember = _rememberer(gw, caller, rec) if op.stores(parsed) else None
     try:
-        content_type = resp.headers.get("content-type", "")
-        if parsed.stream and resp.status == 200 and "event-stream" in content_type:
+        answer_type = resp.headers.get("content-type", "")
+        if parsed.stream and resp.status == 200 and "event-stream" in answer_type:
             await _relay_stream(gw, resp, rec, send, op.scan(parsed), remember)
+        elif parsed.stream and resp.status == 200 and op.answer is Answer.BYTES:
+            await _relay_bytes(gw, resp, rec, send, answer_type)
         else:
-            await _relay_body(gw, resp, rec, send, content_type, op, remember)
+            await _relay_body(gw, resp, rec, send, answer_type, op, remember)
     finally:
         await resp.aclose()
+    if rec.status == 200 and parsed.counts and rec.error is None:
+        rec.tokens = {**rec.tokens, **parsed.counts}
 
 
 async def _stored(
@@ -530,6 +535,35 @@ async def _relay_stream(
             remember(scan.response_id)
     if not rec.ended:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _relay_bytes(
+    gw: Gateway, resp: Response, rec: Record, send: Send, content_type: str
+) -> None:
+    """Audio as it is made: each read forwarded at once, under the upstream's content type.
+
+    Not redacted (binary audio carries no key). A stream cut short upstream cannot be
+    marked in-band: the response is left unfinished, so the client sees the connection
+    end before the body did.
+    """
+    headers = _response_headers(gw, resp, rec)
+    headers.append((b"content-type", content_type.encode("latin-1")))
+    rec.status = 200
+    rec.responded = True
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    try:
+        async for data in resp.chunks():
+            if data:
+                if rec.ttft is None:
+                    rec.ttft = time.perf_counter() - rec.started
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+    except StreamBroken as exc:
+        _broken(rec, exc)
+        if rec.trace.target is not None:
+            cool_down(gw.services.state, gw.policy, rec.trace.target)
+        return
+    rec.ended = True
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _broken(rec: Record, exc: StreamBroken) -> GatewayError:

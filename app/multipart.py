@@ -138,6 +138,8 @@ def with_model(form: Form, deployment: str, *, add: bool) -> Sequence[Piece]:
     """
     view = memoryview(form.body)
     name = deployment.encode()
+    if form.fields.get("model") == deployment:
+        return (form.body,)  # already names it: the upload as received
     if form.model_span is not None:
         start, end = form.model_span
         return (view[:start], name, view[end:])

@@ -242,4 +242,4 @@ def test_nginx_balances_the_gateway_service_without_buffering_streams() -> None:
     listen = re.search(r"listen\s+(\d+);", conf)
     assert listen and f":{listen.group(1)}" in str(compose["services"]["lb"]["ports"])
     body = re.search(r"client_max_body_size\s+(\d+)m;", conf)
-    assert body and int(body.group(1)) * 1024 * 1024 >= 10 * 1024 * 1024
+    assert body and int(body.group(1)) * 1024 * 1024 >= 26 * 1024 * 1024

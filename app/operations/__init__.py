@@ -3,6 +3,11 @@
     chat        POST .../chat/completions                 app.operations.chat
     responses   POST .../responses, /responses/{id}[...]  app.operations.responses
     embeddings  POST .../embeddings                       app.operations.embeddings
+    images      POST .../images/generations               app.operations.images
+    images_edits  POST .../images/edits (multipart)       app.operations.images
+    transcriptions  POST .../audio/transcriptions (multipart)  app.operations.audio
+    translations    POST .../audio/translations (multipart)    app.operations.audio
+    speech      POST .../audio/speech                     app.operations.audio
 
 `route()` is the whole path decision, a set lookup for the common case. A new
 operation is one module (a subclass of `base.Operation`) and one entry in
@@ -13,9 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.operations.audio import SPEECH, TRANSCRIPTIONS, TRANSLATIONS
 from app.operations.base import Answer, Facts, Operation, Parsed, Place, Scan
 from app.operations.chat import CHAT
 from app.operations.embeddings import EMBEDDINGS
+from app.operations.images import EDITS, GENERATIONS
 from app.operations.responses import RESPONSES, STORED_METHODS, stored_route
 
 __all__ = [
@@ -30,7 +37,16 @@ __all__ = [
     "route",
 ]
 
-OPERATIONS: tuple[Operation, ...] = (CHAT, RESPONSES, EMBEDDINGS)
+OPERATIONS: tuple[Operation, ...] = (
+    CHAT,
+    RESPONSES,
+    EMBEDDINGS,
+    GENERATIONS,
+    EDITS,
+    TRANSCRIPTIONS,
+    TRANSLATIONS,
+    SPEECH,
+)
 
 _BY_PATH = {path: op for op in OPERATIONS for path in op.paths}
 _DEPLOYMENTS = "/openai/deployments/"

@@ -18,7 +18,9 @@ image edits, audio) override `parse` (it gets the caller's content type), keep
 the raw body in `Parsed.body` and set `Parsed.content_type`, which the upstream
 call is sent with; `rewrite` gives the bytes for one deployment. Answers that
 are bytes rather than JSON use `Answer.BYTES`; `facts` gets the answer's content
-type, so it can read usage from whatever the answer is.
+type, so it can read usage from whatever the answer is. A multipart operation
+keeps its upload in `Parsed.form`; what is counted from the request rather than
+the answer (speech characters) goes in `Parsed.counts`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import orjson
 
 from app.errors import BadRequest
 from app.jsonbody import load_object
+from app.multipart import Form
 
 JSON = "application/json"
 
@@ -62,6 +65,8 @@ class Parsed:
     data: dict[str, Any]  # the JSON body (a multipart operation puts its fields here)
     body: bytes = b""  # the raw body, for operations that forward it unchanged
     content_type: str = "application/json"  # what the upstream is sent (a multipart boundary)
+    form: Form | None = None  # a multipart upload (app.multipart), kept for every attempt
+    counts: dict[str, int] = field(default_factory=dict)  # usage counted from the request
 
 
 @dataclass(slots=True)
