@@ -15,7 +15,8 @@ Names are a contract (dashboards depend on them):
     aoai_gateway_deployment_cooling{resource,deployment}
     aoai_gateway_state_backend_up{backend}
 
-`api` is the operation: `chat`, `responses`, `embeddings` (`app.operations`).
+`api` is the operation: `chat`, `responses`, `embeddings`, `images`, `images_edits`,
+`transcriptions`, `translations`, `speech` (`app.operations`).
 
 With several uvicorn workers, `serve` sets PROMETHEUS_MULTIPROC_DIR before the
 workers start and `/metrics` aggregates every worker's counters
