@@ -222,11 +222,25 @@ class State(_Model):
 
 
 class PriceEntry(_Model):
-    """USD per 1M tokens (see app.pricing)."""
+    """USD per 1M tokens; images and audio also per image, audio minute, 1M characters
+    (see app.pricing). An entry with one of those may leave the token prices out (0)."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+    image: float = Field(default=0, ge=0)
+    audio_minute: float = Field(default=0, ge=0)
+    characters: float = Field(default=0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _units_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(u in data for u in MEDIA_UNITS):
+            return {"input": 0, "output": 0, **data}
+        return data
+
+
+MEDIA_UNITS = ("image", "audio_minute", "characters")
 
 
 class Config(_Model):

@@ -37,10 +37,23 @@ from app.config import Config
 
 NANO = 1_000_000_000  # nano-dollars per dollar
 
-# price field -> how many units its price is for. The token fields are per 1M tokens.
-# Operations billed in other units (images, audio seconds, characters) add a field here
-# and a line in `billable_units` that reads their counter from the usage.
-UNITS: Mapping[str, int] = {"input": 1_000_000, "cached_input": 1_000_000, "output": 1_000_000}
+# price field -> how many units its price is for. The token fields are per 1M tokens;
+# images are priced each, audio per minute (counted in seconds), characters per 1M.
+UNITS: Mapping[str, int] = {
+    "input": 1_000_000,
+    "cached_input": 1_000_000,
+    "output": 1_000_000,
+    "image": 1,
+    "audio_minute": 60,
+    "characters": 1_000_000,
+}
+
+# usage counter -> the price field it is billed at (images and audio)
+MEDIA_COUNTERS = (
+    ("images", "image"),
+    ("audio_seconds", "audio_minute"),
+    ("characters", "characters"),
+)
 
 _VERSION = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 _CACHE_LIMIT = 4096
@@ -48,17 +61,28 @@ _CACHE_LIMIT = 4096
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per 1M tokens; `cached_input` None: cached prompt tokens cost `input`."""
+    """USD per 1M tokens; `cached_input` None: cached prompt tokens cost `input`.
+    Images and audio: USD per image, per minute of audio, per 1M characters spoken."""
 
     input: float
     output: float
     cached_input: float | None = None
+    image: float = 0.0
+    audio_minute: float = 0.0
+    characters: float = 0.0
     # nano-dollars per unit, per price field: worked out once
     rates: tuple[tuple[str, float], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         cached = self.input if self.cached_input is None else self.cached_input
-        usd = {"input": self.input, "cached_input": cached, "output": self.output}
+        usd = {
+            "input": self.input,
+            "cached_input": cached,
+            "output": self.output,
+            "image": self.image,
+            "audio_minute": self.audio_minute,
+            "characters": self.characters,
+        }
         rates = tuple((name, usd[name] * NANO / UNITS[name]) for name in UNITS)
         object.__setattr__(self, "rates", rates)
 
@@ -75,6 +99,7 @@ def billable_units(counts: Mapping[str, int]) -> dict[str, int]:
     `cached_tokens`) and `completion_tokens`; Responses reports `input_tokens` and
     `output_tokens`. Reasoning tokens are part of the completion/output count and
     billed as output; they are only used on their own when no output count came.
+    Images and audio add `images`, `audio_seconds` and `characters` (app.media_usage).
     """
     prompt = counts.get("prompt_tokens")
     if prompt is None:
@@ -85,7 +110,12 @@ def billable_units(counts: Mapping[str, int]) -> dict[str, int]:
         output = counts.get("output_tokens")
     if output is None:
         output = counts.get("reasoning_tokens", 0)
-    return {"input": prompt - cached, "cached_input": cached, "output": output}
+    units = {"input": prompt - cached, "cached_input": cached, "output": output}
+    for counter, unit in MEDIA_COUNTERS:
+        n = counts.get(counter)
+        if n:
+            units[unit] = n
+    return units
 
 
 def undated(name: str) -> str:
@@ -94,12 +124,17 @@ def undated(name: str) -> str:
 
 
 def parse_table(data: Mapping[str, Any]) -> dict[str, Price]:
-    """`{name: {input, output[, cached_input]}}` -> prices (already validated shapes)."""
+    """`{name: {input, output[, cached_input, image, audio_minute, characters]}}` -> prices
+    (already validated shapes; an entry priced only per image/minute/character may omit
+    the token prices)."""
     return {
         str(name): Price(
-            input=float(p["input"]),
-            output=float(p["output"]),
+            input=float(p.get("input", 0)),
+            output=float(p.get("output", 0)),
             cached_input=None if p.get("cached_input") is None else float(p["cached_input"]),
+            image=float(p.get("image", 0)),
+            audio_minute=float(p.get("audio_minute", 0)),
+            characters=float(p.get("characters", 0)),
         )
         for name, p in data.items()
     }
@@ -166,7 +201,10 @@ class Prices:
 
 def configured_prices(config: Config) -> dict[str, Price]:
     """`pricing:` of a configuration as prices."""
-    return {n: Price(p.input, p.output, p.cached_input) for n, p in config.pricing.items()}
+    return {
+        n: Price(p.input, p.output, p.cached_input, p.image, p.audio_minute, p.characters)
+        for n, p in config.pricing.items()
+    }
 
 
 def usd(nano: int) -> float:

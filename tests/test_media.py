@@ -183,7 +183,7 @@ def test_transcription_of_a_real_file_counts_seconds(
 ) -> None:
     path = tmp_path / "clip.wav"
     path.write_bytes(CLIP)
-    before = usage(gw).get("whisper", {}).get("audio_seconds", 0)
+    before = usage(gw).get("whisper", {})
     with path.open("rb") as f:
         r = client(gw).audio.transcriptions.create(model="whisper", file=f)
     assert r.text == TRANSCRIPT
@@ -193,7 +193,10 @@ def test_transcription_of_a_real_file_counts_seconds(
     assert sent["body"]["file"][0]["filename"] == "clip.wav"
     assert sent["body"]["file"][0]["bytes"] == len(CLIP)
     assert sent["body"]["model"] == "whisper"
-    assert usage(gw)["whisper"]["audio_seconds"] - before == 2  # 1.5 s, rounded up
+    after = usage(gw)["whisper"]
+    assert after["audio_seconds"] - before.get("audio_seconds", 0) == 2  # 1.5 s, rounded up
+    # priced per minute (app/prices.yaml: $0.006): 2 s
+    assert after["cost_usd"] - before.get("cost_usd", 0) == pytest.approx(2 * 0.006 / 60)
 
 
 @pytest.mark.parametrize(
@@ -269,7 +272,7 @@ def test_azure_shaped_route_with_the_azure_client(gw: Gateway, sim: dict[str, Si
 def test_speech_streamed_to_a_file(gw: Gateway, sim: dict[str, Sim], tmp_path: Path) -> None:
     text = "hello from the gateway"
     path = tmp_path / "speech.wav"
-    before = usage(gw).get("tts", {}).get("characters", 0)
+    before = usage(gw).get("tts", {})
     with client(gw).audio.speech.with_streaming_response.create(
         model="tts", voice="alloy", input=text, response_format="wav"
     ) as response:
@@ -279,7 +282,9 @@ def test_speech_streamed_to_a_file(gw: Gateway, sim: dict[str, Sim], tmp_path: P
         assert w.getnframes() == int(RATE * seconds_for(text))
     (sent,) = served(sim, "/audio/speech")["sweden"]
     assert sent["query"] == "api-version=2025-04-01-preview"
-    assert usage(gw)["tts"]["characters"] - before == len(text)
+    after = usage(gw)["tts"]
+    assert after["characters"] - before.get("characters", 0) == len(text)
+    assert after["cost_usd"] - before.get("cost_usd", 0) == pytest.approx(len(text) * 15e-6)
 
 
 def test_speech_bytes_arrive_as_they_are_made(gw: Gateway) -> None:

@@ -167,3 +167,40 @@ def test_pricing_config_is_validated_with_places() -> None:
     with pytest.raises(ConfigError) as unknown:
         parse(base + "pricing:\n  westus/o3: {input: 1, output: 1}\n", {})
     assert unknown.value.errors == ["pricing.westus/o3: unknown resource 'westus'"]
+
+
+# --- images and audio ------------------------------------------------------------------------
+
+
+def test_images_audio_and_characters_are_priced_in_their_own_units() -> None:
+    assert billable_units({"images": 2, "audio_seconds": 90, "characters": 1000}) == {
+        "input": 0,
+        "cached_input": 0,
+        "output": 0,
+        "image": 2,
+        "audio_minute": 90,
+        "characters": 1000,
+    }
+    table = builtin().prices
+    assert table["dall-e-3"].cost({"images": 2}) == round(2 * 0.04 * NANO)
+    assert table["whisper"].cost({"audio_seconds": 90}) == round(1.5 * 0.006 * NANO)
+    assert table["tts"].cost({"characters": 1000}) == round(1000 * 15.0 / 1_000_000 * NANO)
+    gpt_image = table["gpt-image-1"].cost(
+        {"prompt_tokens": 10, "completion_tokens": 272, "images": 1}
+    )
+    assert gpt_image == round((10 * 5.0 + 272 * 40.0) / 1_000_000 * NANO)
+
+
+def test_a_unit_only_price_needs_no_token_prices() -> None:
+    base = (
+        "resources:\n  eastus: {endpoint: 'https://x.openai.azure.com', keys: [k]}\n"
+        "models:\n  whisper: [eastus/whisper]\n"
+    )
+    config = parse(
+        base + "pricing:\n  whisper: {audio_minute: 0.01}\n  dall-e-3: {image: 0.08}\n", {}
+    )
+    assert config.pricing["whisper"].audio_minute == 0.01
+    assert config.pricing["whisper"].input == 0
+    with pytest.raises(ConfigError) as bad:
+        parse(base + "pricing:\n  whisper: {audio_minute: -1}\n", {})
+    assert "pricing.whisper.audio_minute" in "\n".join(bad.value.errors)
