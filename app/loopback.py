@@ -11,7 +11,9 @@ carries that name in `Host`) or by a cross-site "simple" POST (a form, or
 `fetch` with a text/plain body: no preflight). `keyless_refusal` refuses both
 on every route: `Host` must name the loopback (`localhost`, `127.0.0.1` or
 `[::1]`, any port), and a POST must be `application/json`, which a page can only
-send cross-site after a CORS preflight that `gateway.cors_origins` decides.
+send cross-site after a CORS preflight that `gateway.cors_origins` decides (an
+upload may be multipart/form-data when it carries an `Authorization` or
+`api-key` header, which needs the same preflight).
 """
 
 from __future__ import annotations
@@ -56,24 +58,36 @@ def loopback_host(value: bytes) -> bool:
     return False
 
 
-def json_content_type(value: bytes) -> bool:
-    return value.split(b";", 1)[0].strip().lower() == b"application/json"
-
-
 def keyless_refusal(method: str, headers: list[tuple[bytes, bytes]]) -> GatewayError | None:
     """Why keyless mode refuses this request (see the module doc), or None."""
     host = content_type = None
+    credentials = False
     for name, value in headers:
         if name == b"host":
             host = value
         elif name == b"content-type":
             content_type = value
+        elif name in (b"authorization", b"api-key"):
+            credentials = True
     if host is None or not loopback_host(host):
         return Forbidden(
             "This gateway has no keys and answers only requests addressed to localhost, "
             "127.0.0.1 or [::1] (the Host header).",
             code="host_not_allowed",
         )
-    if method == "POST" and (content_type is None or not json_content_type(content_type)):
-        return UnsupportedMediaType("POST bodies must be sent as 'Content-Type: application/json'.")
+    if method == "POST" and not _json_or_upload(content_type, credentials):
+        return UnsupportedMediaType(
+            "POST bodies must be sent as 'Content-Type: application/json' (uploads as "
+            "multipart/form-data with an Authorization header, as the SDKs send them)."
+        )
     return None
+
+
+def _json_or_upload(content_type: bytes | None, credentials: bool) -> bool:
+    """JSON; or an upload (audio, image edits: multipart) with a credentials header, which
+    a cross-site form cannot send and a cross-site fetch sends only after a preflight.
+    The SDKs send one even to a keyless gateway."""
+    if content_type is None:
+        return False
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (credentials and media == b"multipart/form-data")

@@ -128,6 +128,13 @@ def test_keyless_refusal_decides_on_host_and_content_type() -> None:
         assert refused is not None and refused.status == 415
     refused = keyless_refusal("POST", local)  # a Blob body without a type sends none
     assert refused is not None and refused.status == 415
+    # an upload: multipart only with a credentials header (a cross-site form has none)
+    upload = [*local, (b"content-type", b"multipart/form-data; boundary=x")]
+    assert keyless_refusal("POST", upload) is not None
+    for header in (b"authorization", b"api-key"):
+        assert keyless_refusal("POST", [*upload, (header, b"anything")]) is None
+    with_key = [*local, (b"authorization", b"Bearer x"), (b"content-type", b"text/plain")]
+    assert keyless_refusal("POST", with_key) is not None  # only uploads are let through
 
 
 def test_keyless_mode_refuses_foreign_hosts_and_non_json_posts(
