@@ -41,6 +41,7 @@ def log_lines(gw: Gateway, n: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 5
     while True:
         lines = [json.loads(ln) for ln in gw.logs().splitlines() if ln.startswith("{")]
+        lines = [ln for ln in lines if "request_id" in ln and ln.get("path") != "/metrics"]
         if len(lines) >= n or time.monotonic() > deadline:
             return lines
         time.sleep(0.02)
@@ -98,6 +99,9 @@ def test_a_request_the_upstream_read_then_dropped_is_never_sent_again(
     assert upstream_counts(gw, "sweden") == {"200": 5.0, "connect_error": 5.0}
     assert sum(upstream_counts(gw, "eastus").values()) == 5.0
     assert sweden.stats()["requests"] == 10 and eastus.stats()["requests"] == 5
+    # and logged, like any connection error
+    dropped = [ln for ln in gw.logs().splitlines() if "upstream attempt failed" in ln]
+    assert dropped and all("sweden" in ln and "connect error" in ln for ln in dropped)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
