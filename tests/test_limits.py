@@ -195,3 +195,30 @@ async def test_max_tokens_is_reserved_until_the_answer_settles_it(
         assert (await first).status_code == 200
         await asyncio.sleep(0.3)  # settled: it used 9 tokens, the window holds 9
         assert (await client.post(url, json=body)).status_code == 200
+
+
+def test_a_responses_stream_left_early_is_recorded_estimated_too(
+    sim: Any, paced: Sim, start_gateway: Any
+) -> None:
+    """The estimate lives on the generic path: the Responses API's streams count too."""
+    paced.reset()
+    gw = start_gateway(_paced_config(sim, paced, tpm=1000))
+    with httpx.stream(
+        "POST",
+        gw.base_url + "/responses",
+        json={"model": "gpt-4o", "input": "hello there " * 20, "stream": True},
+        headers={"Authorization": f"Bearer {GATEWAY_KEY}"},
+        timeout=10,
+    ) as resp:
+        assert resp.status_code == 200
+        deltas = 0
+        for line in resp.iter_lines():
+            deltas += "output_text.delta" in line and line.startswith("data:")
+            if deltas == 3:
+                break
+    time.sleep(0.5)
+    usage = httpx.get(gw.url + "/admin/usage", headers={"api-key": OPS}, timeout=5).json()
+    row = usage["keys"]["alice"]["gpt-4o"]
+    assert row["requests"] == 1 and row["estimated_requests"] == 1
+    assert row["prompt_tokens"] >= 60  # 240 characters of input
+    assert row["completion_tokens"] >= 3
