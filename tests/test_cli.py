@@ -84,7 +84,9 @@ def test_check_prints_the_routing_table_and_no_key(tmp_path: Path) -> None:
     assert "2 resources, 2 models, 2 gateway keys" in out
     every = rows(out)
     # one row per operation the gateway serves, each with its exact upstream URL
-    assert [r["OPERATION"] for r in every] == ["chat", "responses", "embeddings"] * 3
+    operations = ["chat", "responses", "embeddings", "images", "images_edits"]
+    operations += ["transcriptions", "translations", "speech"]
+    assert [r["OPERATION"] for r in every] == operations * 3
     urls = {(r["RESOURCE"], r["DEPLOYMENT"], r["OPERATION"]): r["URL"] for r in every}
     assert urls[("eastus", "gpt-4o", "responses")] == (
         "https://contoso-eastus.openai.azure.com/openai/v1/responses"
@@ -92,6 +94,14 @@ def test_check_prints_the_routing_table_and_no_key(tmp_path: Path) -> None:
     assert urls[("sweden", "gpt4o-prod", "embeddings")] == (
         "https://contoso-sweden.services.ai.azure.com/openai/deployments/gpt4o-prod/"
         "embeddings?api-version=2025-01-01-preview"
+    )
+    # images and audio: v1 in preview; legacy at least 2025-04-01-preview (2025-01-01 is older)
+    assert urls[("eastus", "gpt-4o", "images")] == (
+        "https://contoso-eastus.openai.azure.com/openai/v1/images/generations?api-version=preview"
+    )
+    assert urls[("sweden", "gpt4o-prod", "speech")] == (
+        "https://contoso-sweden.services.ai.azure.com/openai/deployments/gpt4o-prod/"
+        "audio/speech?api-version=2025-04-01-preview"
     )
     assert urls[("sweden", "gpt4o-prod", "responses")].startswith(
         "https://contoso-sweden.services.ai.azure.com/openai/responses?api-version="
