@@ -342,3 +342,35 @@ def test_responses_and_embeddings_are_priced_and_budgeted(
         pytest.fail("the embeddings route never refused the spent budget")
     with pytest.raises(openai.RateLimitError):
         client.responses.create(model="gpt-4o", input="hello there")
+
+
+def test_a_stream_the_client_left_is_priced_from_its_estimate(start_gateway: Any) -> None:
+    slow = start_sim("eastus", "--deployments", "gpt-4o", "--chunk-delay", "0.3")
+    try:
+        gw = start_gateway(_config(slow))
+        with (
+            httpx.Client(timeout=10) as client,
+            client.stream(
+                "POST",
+                gw.base_url + "/chat/completions",
+                json={"model": "gpt-4o", "messages": HELLO, "stream": True},
+                headers={"Authorization": f"Bearer {GATEWAY_KEY}"},
+            ) as answer,
+        ):
+            seen = 0
+            for line in answer.iter_lines():
+                seen += '"content"' in line
+                if seen >= 2:
+                    break  # hang up before Azure's usage chunk
+        row: dict[str, Any] = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not row.get("estimated_requests"):
+            row = _admin(gw, "/admin/usage").json()["keys"].get("alice", {}).get("gpt-4o", {})
+            time.sleep(0.2)
+        assert row["estimated_requests"] == 1 and row["prompt_tokens"] > 0
+        # priced like any answer: the estimate's tokens at gpt-4o's configured $5 / $20
+        assert row["cost_usd"] == pytest.approx(
+            (row["prompt_tokens"] * 5000 + row["completion_tokens"] * 20_000) / 1e9
+        )
+    finally:
+        stop(slow.proc)
