@@ -80,7 +80,7 @@ def test_a_keyless_reload_on_a_public_listener_is_refused(
 @pytest.mark.slow
 def test_a_keyless_reload_is_refused_by_every_worker(sim: Any, start_gateway: Any) -> None:
     gw = start_gateway(base_config(sim), "--host", "0.0.0.0", "--workers", "2", wait=False)
-    wait_http(gw.url + "/healthz", gw.proc, timeout=60)  # two spawned workers: slow when loaded
+    wait_http(gw.url + "/healthz", gw.proc)
     keyless(gw)
     gw.send_signal(signal.SIGHUP)  # uvicorn's supervisor starts new workers on it
     assert wait_for(lambda: "aborting the restart" in gw.logs(), timeout=60), gw.logs()
