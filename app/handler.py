@@ -590,7 +590,6 @@ def _finish(gw: Gateway, rec: Record) -> None:
     duration = time.perf_counter() - rec.started
     services = gw.services
     model = rec.model
-    services.metrics.request(rec.api, model, rec.key, rec.status, duration, rec.ttft)
     services.recent.add(rec, duration)
     target = rec.trace.target
     cost = None
@@ -612,6 +611,7 @@ def _finish(gw: Gateway, rec: Record) -> None:
     if rec.reserved or (used and rec.count_tokens):
         state = services.state
         services.spawn(state.settle(rec.key, rec.admitted or now, rec.reserved, used, now))
+    services.metrics.request(rec.api, model, rec.key, rec.status, duration, rec.ttft)  # the last
     if services.access_log is not None:
         entry = {
             "request_id": rec.request_id,
