@@ -137,6 +137,9 @@ class Server:
             sent = _Sent(send if found else _with_request_id(request_id, send))
             try:
                 if found is not None:  # an operation's route, another method
+                    if found.response_id is not None:  # the log never shows a stored id
+                        path = path.replace(found.response_id, "{id}")
+                        scope = {**scope, "path": path}
                     error = MethodNotAllowed(f"Use {' or '.join(found.methods)} for {path}.")
                     await send_error(sent, error, request_id)
                 else:

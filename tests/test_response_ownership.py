@@ -8,6 +8,7 @@ key A's still work; also after a restart and across two replicas on Redis.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -89,6 +90,12 @@ def test_other_keys_get_404_and_nothing_goes_upstream(
     # alice's own calls work
     assert alice.responses.retrieve(rid).id == rid
     assert alice.responses.create(model="gpt-4o", input="on", previous_response_id=sid).id
+    wrong = httpx.put(gw.base_url + f"/responses/{rid}", headers={"api-key": BOB_KEY})
+    assert wrong.status_code == 405
+    deadline = time.monotonic() + 5
+    while '"method":"PUT"' not in gw.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the access log is written in batches
+    assert '"path":"/v1/responses/{id}"' in gw.logs()
     # the access log names the refused key and a hash of the id, never the id itself
     lines = [json.loads(ln) for ln in gw.logs().splitlines() if ln.startswith("{")]
     refused = [ln for ln in lines if ln.get("error") == "response_not_found"]
