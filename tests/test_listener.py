@@ -27,7 +27,7 @@ LIMITS = {
     "max_head_bytes": 8192,
     "max_connections": 8,
 }
-SLACK = 1.5  # the server's timer, then the close reaching us on a loaded machine
+SLACK = 3.0  # the server's timer, then the close reaching us on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -185,13 +185,17 @@ def test_streams_and_keep_alive_outlast_the_timeouts(gw: Gateway) -> None:
 
 
 def test_over_max_connections_is_an_openai_shaped_503(gw: Gateway) -> None:
-    # Held connections count until head_timeout closes them: all of this fits in 1 s.
-    held = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(8)]
-    try:
-        r = httpx.get(gw.url + "/healthz")
-    finally:
-        for s in held:
-            s.close()
+    # Held connections count until head_timeout (1 s) closes them; a loaded machine may
+    # need another try to fit the whole check in that second.
+    for _ in range(3):
+        held = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(8)]
+        try:
+            r = httpx.get(gw.url + "/healthz")
+        finally:
+            for s in held:
+                s.close()
+        if r.status_code == 503:
+            break
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "too_many_connections"
     assert r.headers["retry-after"] == "1"
