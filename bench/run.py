@@ -14,6 +14,12 @@ keep-alive) joins the chat rounds as the limit of any relay on the machine. With
 percentiles, the CPU per request of each server process, the added p50
 latency and time-to-first-token at one connection, 1,000
 concurrent open streams with the gateway's peak RSS, and 1 MB bodies.
+
+Then the gateway's own cost (`bench.relay`): chat, plain and streamed, against
+the cheapest possible upstream (`bench.raw`, asyncio + httptools, canned
+answers), direct, through nginx and through the gateway: req/s, the gateway's
+share of nginx's, CPU µs per request and the p50 each relay adds at one
+connection.
 Ratios are what matter: absolute numbers move with the machine's load.
 """
 
@@ -26,103 +32,22 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench import load, nginx
+from bench import load, nginx, relay
+from bench.procs import free_port, measure, peak_rss_mb, process
 
 SIM_KEY = "bench-azure-key-1"
 GATEWAY_KEY = "bench-gateway-key"
 MESSAGE = "Hello there, how are you today? Please tell me something nice."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
-
-
-@contextmanager
-def process(cmd: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(ready_url, proc)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def tree(pid: int) -> list[int]:
-    """pid and all its descendants (uvicorn workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for p in tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) summed over the process tree."""
-    total = 0
-    for p in tree(pid):
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        m = re.search(r"VmHWM:\s+(\d+) kB", status)
-        if m:
-            total += int(m.group(1))
-    return total / 1024
 
 
 @dataclass(frozen=True)
@@ -155,22 +80,6 @@ class Pair:
         return statistics.median(
             g["rps"] / d["rps"] for d, g in zip(self.direct, runs, strict=True)
         )
-
-
-def measure(
-    url: str, headers: dict[str, str], body: bytes, conns: int, secs: float, pid: int
-) -> dict[str, float]:
-    c0 = cpu_seconds(pid)
-    r = load.run(url, headers, body, conns, secs)
-    cpu = cpu_seconds(pid) - c0
-    return {
-        "rps": r.rps,
-        "p50_ms": r.p50_ms,
-        "p99_ms": r.p99_ms,
-        "requests": r.requests,
-        "errors": r.errors,
-        "cpu_us_per_req": cpu * 1e6 / r.requests if r.requests else 0.0,
-    }
 
 
 def body_for(model: str, stream: bool, text: str = MESSAGE) -> bytes:
@@ -293,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="aoai-bench-"))
     sim_port, slow_port, gw_port, relay_port = free_port(), free_port(), free_port(), free_port()
+    raw_port, raw_relay_port = free_port(), free_port()
+    raw_url = f"http://127.0.0.1:{raw_port}"
     nginx_exe = nginx.binary()
     sim_url, slow_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{slow_port}"
     gw_url = f"http://127.0.0.1:{gw_port}"
@@ -301,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         "resources": {
             "sim": {"endpoint": sim_url, "keys": [SIM_KEY, "bench-azure-key-2"]},
             "slow": {"endpoint": slow_url, "keys": [SIM_KEY]},
+            "raw": {"endpoint": raw_url, "keys": [SIM_KEY]},
         },
         "models": {
             "gpt-4o": ["sim/gpt-4o"],
             "gpt-4o-slow": ["slow/gpt-4o"],
+            "gpt-4o-raw": ["raw/gpt-4o"],
             "text-embedding-3-small": ["sim/text-embedding-3-small"],
         },
         "state": {"path": str(tmp / "usage.db")},
@@ -364,25 +277,51 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     relay_url = f"http://127.0.0.1:{relay_port}"
+    raw_relay_url = f"http://127.0.0.1:{raw_relay_port}"
+    raw_cmd = [py, "-m", "bench.raw", "--port", str(raw_port)]
     with contextlib.ExitStack() as stack:
         sim = stack.enter_context(process(sim_cmd, f"{sim_url}/healthz", tmp / "sim.log"))
         stack.enter_context(process(slow_cmd, f"{slow_url}/healthz", tmp / "slow.log"))
         gw = stack.enter_context(process(gw_cmd, f"{gw_url}/healthz", tmp / "gateway.log"))
-        relay = None
+        raw = stack.enter_context(process(raw_cmd, f"{raw_url}/healthz", tmp / "raw.log"))
+        sim_relay = raw_relay = None
         if nginx_exe is not None:
             relay_cmd = nginx.command(nginx_exe, relay_port, sim_port, tmp)
-            relay = stack.enter_context(
+            sim_relay = stack.enter_context(
                 process(relay_cmd, f"{relay_url}/healthz", tmp / "nginx.log")
             )
+            (tmp / "raw-nginx").mkdir()
+            raw_relay_cmd = nginx.command(nginx_exe, raw_relay_port, raw_port, tmp / "raw-nginx")
+            raw_relay = stack.enter_context(
+                process(raw_relay_cmd, f"{raw_relay_url}/healthz", tmp / "raw-nginx.log")
+            )
+        # the gateway's own cost: in front of the cheapest upstream, beside nginx
+        chat = "/openai/v1/chat/completions"
+        raw_sides = [relay.Side("direct", raw_url + chat, direct_h, raw.pid)]
+        if raw_relay is not None:
+            raw_sides.append(relay.Side("nginx", raw_relay_url + chat, direct_h, raw_relay.pid))
+        raw_sides.append(relay.Side("gateway", gw_chat, gw_h, gw.pid))
+        raw_modes = {
+            "plain": body_for("gpt-4o-raw", False),
+            "stream": body_for("gpt-4o-raw", True),
+        }
+        raw_results = relay.run(
+            raw_modes,
+            raw_sides,
+            args.rounds,
+            args.connections,
+            args.seconds,
+            min(args.seconds, 2.0),
+        )
         pairs = []
-        for mode in modes(relay is not None):
+        for mode in modes(sim_relay is not None):
             pair = Pair(mode.name)
             sides = [
                 ("direct", sim_url + mode.direct_path, direct_h, sim.pid),
                 ("gateway", gw_url + mode.gateway_path, gw_h, gw.pid),
             ]
-            if mode.nginx and relay is not None:
-                sides.append(("nginx", relay_url + mode.direct_path, direct_h, relay.pid))
+            if mode.nginx and sim_relay is not None:
+                sides.append(("nginx", relay_url + mode.direct_path, direct_h, sim_relay.pid))
             for r in range(args.rounds):
                 for side, url, hdr, pid in sides:
                     m = measure(url, hdr, mode.body, args.connections, args.seconds, pid)
@@ -440,13 +379,17 @@ def main(argv: list[str] | None = None) -> int:
         "requests": n_big,
     }
     results["gateway_peak_rss_mb"] = rss
+    results["raw_upstream"] = raw_results
     print()
     print(report(results))
+    print()
+    print(relay.report(raw_results, args.connections))
     out = args.json or Path(__file__).parent / "results" / "last.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out}")
     errors = sum(r["errors"] for p in pairs for r in (*p.direct, *p.gateway, *p.nginx))
+    errors += relay.errors(raw_results)
     return 0 if streams["failed"] == 0 and errors == 0 else 1
 
 
