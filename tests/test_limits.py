@@ -27,12 +27,12 @@ def _config(sim: Any, **alice: Any) -> dict[str, Any]:
     return config
 
 
-def _chat(gw: Any, key: str = GATEWAY_KEY, **extra: Any) -> httpx.Response:
+def _chat(gw: Any, key: str = GATEWAY_KEY, timeout_s: float = 10, **extra: Any) -> httpx.Response:
     return httpx.post(
         gw.base_url + "/chat/completions",
         json={"model": "gpt-4o", "messages": HELLO, **extra},
         headers={"Authorization": f"Bearer {key}"},
-        timeout=10,
+        timeout=timeout_s,
     )
 
 
@@ -222,3 +222,18 @@ def test_a_responses_stream_left_early_is_recorded_estimated_too(
     assert row["requests"] == 1 and row["estimated_requests"] == 1
     assert row["prompt_tokens"] >= 60  # 240 characters of input
     assert row["completion_tokens"] >= 3
+
+
+def test_a_plain_request_left_while_waiting_counts_its_prompt_estimated(
+    sim: Any, paced: Sim, start_gateway: Any
+) -> None:
+    paced.reset()
+    paced.fault("slow", count=1, delay=5)
+    gw = start_gateway(_paced_config(sim, paced, tpm=1000))
+    with pytest.raises(httpx.ReadTimeout):
+        _chat(gw, timeout_s=0.5)
+    time.sleep(0.5)
+    usage = httpx.get(gw.url + "/admin/usage", headers={"api-key": OPS}, timeout=5).json()
+    row = usage["keys"]["alice"]["gpt-4o"]
+    assert (row["requests"], row["estimated_requests"], row["completion_tokens"]) == (1, 1, 0)
+    assert row["prompt_tokens"] > 0
