@@ -50,6 +50,7 @@ from app.errors import (
 from app.routing import Target
 from app.state import State
 from app.upstream import (
+    Body,
     ConnectFailed,
     Outcome,
     Response,
@@ -88,7 +89,7 @@ class Call(Protocol):
     addressed: bool
     content_type: str | None  # None: JSON; else the body's own (a multipart boundary)
 
-    def prepare(self, target: Target) -> tuple[str, bytes]:
+    def prepare(self, target: Target) -> tuple[str, Body]:
         """The URL and body to send to this deployment."""
         ...
 

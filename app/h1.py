@@ -47,11 +47,13 @@ import httptools
 from app.upstream import (
     MAX_FIELD,
     MAX_HEADERS,
+    Body,
     ConnectFailed,
     Response,
     StreamBroken,
     TimedOut,
     Timeouts,
+    body_size,
     incomplete,
     over_limit,
     too_large,
@@ -418,32 +420,34 @@ class H1Upstream:
         return None
 
     async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+        self, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response:
         return await self.request("POST", url, headers, body, timeout=timeout)
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+        self, method: str, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response:
         origin, prefix = self._target(url, method)
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head = b"%s%saccept-encoding: identity\r\ncontent-length: %d\r\n\r\n" % (
             prefix,
             lines.encode("latin-1"),
-            len(body),
+            body_size(body),
         )
         conn = self._pop_idle(origin) or await self._connect(origin, timeout)
         await self._exchange(conn, head, body, timeout)  # written once: never resent
         return _H1Response(self, conn, timeout)
 
-    async def _exchange(self, conn: _Conn, head: bytes, body: bytes, timeout: Timeouts) -> None:
+    async def _exchange(self, conn: _Conn, head: bytes, body: Body, timeout: Timeouts) -> None:
         conn.prepare()
         loop = asyncio.get_running_loop()
         conn.head = loop.create_future()
         transport = conn.transport
         assert transport is not None
         self._busy.add(conn)
-        if len(body) < 65536:
+        if not isinstance(body, bytes):
+            transport.writelines((head, *body))  # pieces of an upload: written, not joined
+        elif len(body) < 65536:
             transport.write(head + body)
         else:
             transport.writelines((head, body))

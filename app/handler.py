@@ -51,7 +51,7 @@ from app.operations import Answer, Operation, Parsed, Route, Scan
 from app.operations.responses import stored_url
 from app.pricing import NANO
 from app.routing import Target, order
-from app.upstream import Response, StreamBroken
+from app.upstream import Body, Response, StreamBroken
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -257,9 +257,9 @@ class _Create:
         ct = parsed.content_type
         self.content_type = None if ct == "application/json" else ct
         self.parsed = parsed
-        self._bodies: dict[tuple[str, bool], bytes] = {}
+        self._bodies: dict[tuple[str, bool], Body] = {}
 
-    def prepare(self, target: Target) -> tuple[str, bytes]:
+    def prepare(self, target: Target) -> tuple[str, Body]:
         k = (target.deployment, target.reasoning)
         body = self._bodies.get(k)
         if body is None:

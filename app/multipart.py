@@ -130,7 +130,7 @@ def read_form(body: bytes, content_type: str) -> Form:
     return form
 
 
-def with_model(form: Form, deployment: str, *, add: bool) -> Sequence[Piece]:
+def with_model(form: Form, deployment: str, *, add: bool) -> tuple[Piece, ...]:
     """The upload with ``model`` set to ``deployment``, as pieces to send in order.
 
     A ``model`` part is replaced in place; when there is none it is added first if

@@ -52,6 +52,20 @@ class StreamBroken(UpstreamError):
     """The response body ended early or the connection dropped mid-body."""
 
 
+# A request body: one buffer, or pieces sent in order (a multipart upload re-sent with
+# another `model` value is its own buffer around the new value: never copied whole).
+Body = bytes | tuple[bytes | memoryview, ...]
+
+
+def body_bytes(body: Body) -> bytes:
+    """The body as one buffer, for the clients that take only that (aiohttp, httpx)."""
+    return body if isinstance(body, bytes) else b"".join(body)
+
+
+def body_size(body: Body) -> int:
+    return len(body) if isinstance(body, bytes) else sum(len(p) for p in body)
+
+
 class Response(Protocol):
     status: int
 
@@ -64,10 +78,10 @@ class Response(Protocol):
 
 class Upstream(Protocol):
     async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+        self, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response: ...
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+        self, method: str, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response:
         """Any method: stored responses are read (GET) and deleted (DELETE) too."""
         ...
@@ -207,18 +221,18 @@ class AiohttpUpstream:
         )
 
     async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+        self, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response:
         return await self.request("POST", url, headers, body, timeout=timeout)
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+        self, method: str, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response:
         try:
             resp = await self._session.request(
                 method,
                 url,
-                data=body,
+                data=body_bytes(body),
                 headers=headers,
                 timeout=timeout.aiohttp,
                 allow_redirects=False,
@@ -281,15 +295,15 @@ class HttpxUpstream:
         self._client = client or httpx.AsyncClient()
 
     async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+        self, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response:
         return await self.request("POST", url, headers, body, timeout=timeout)
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, timeout: Timeouts
+        self, method: str, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response:
         request = self._client.build_request(
-            method, url, headers=headers, content=body, timeout=timeout.httpx
+            method, url, headers=headers, content=body_bytes(body), timeout=timeout.httpx
         )
         try:
             resp = await self._client.send(request, stream=True)

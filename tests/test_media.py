@@ -53,6 +53,10 @@ def gw(
         ]
         for name in ("gpt-image-1", "whisper", "tts")
     }
+    # a public name that is not the deployment's: every upload is re-sent with another model
+    models["speech-to-text"] = [
+        {"resource": region, "deployment": "whisper", "priority": p} for region, p in both.items()
+    ]
     models.update(
         {
             "dall-e-3": ["eastus/dall-e-3"],
@@ -220,6 +224,24 @@ def test_text_formats_pass_through_with_their_content_type(
         model="whisper", file=("clip.wav", CLIP), response_format=fmt
     )
     assert isinstance(text, str) and text.startswith(starts)
+
+
+def test_a_large_upload_renamed_for_the_deployment_fails_over_intact(
+    gw: Gateway, sim: dict[str, Sim]
+) -> None:
+    sim["sweden"].fault("500", deployment="whisper", count=1)
+    clip = wav(pcm(60.0))  # ~1 MB: written in pieces around the new model value
+    r = client(gw).audio.transcriptions.create(
+        model="speech-to-text", file=("long.wav", clip), response_format="verbose_json"
+    )
+    assert r.duration == 60.0
+    hits = served(sim, "/audio/transcriptions")
+    for region in ("sweden", "eastus"):
+        (sent,) = hits[region]
+        assert sent["body"]["model"] == "whisper"
+        assert sent["body"]["response_format"] == "verbose_json"
+        assert sent["body"]["file"][0]["bytes"] == len(clip)
+    wait_cool()
 
 
 def test_verbose_json_and_translation_fail_over_to_v1(gw: Gateway, sim: dict[str, Sim]) -> None:

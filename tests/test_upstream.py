@@ -21,6 +21,8 @@ from app.upstream import (
     StreamBroken,
     Timeouts,
     Upstream,
+    body_bytes,
+    body_size,
     classify,
 )
 from tests.test_h1 import Peer, chunked, hold, response, serve
@@ -194,3 +196,11 @@ async def test_a_request_dropped_after_the_write_is_a_failure_not_resent(
         with pytest.raises(ConnectFailed):
             await read(up, srv.url("/2"))
     assert sum(len(p.requests) for p in srv.peers) == 2
+
+
+def test_a_body_in_pieces_is_sized_and_joined_without_changing_a_byte() -> None:
+    upload = b"--b\r\n" + bytes(range(256)) * 300
+    pieces = (memoryview(upload)[:10], b"whisper", memoryview(upload)[14:])
+    assert body_size(pieces) == len(upload) - 4 + 7
+    assert body_bytes(pieces) == upload[:10] + b"whisper" + upload[14:]
+    assert body_bytes(upload) is upload and body_size(upload) == len(upload)

@@ -34,6 +34,7 @@ import orjson
 from app.errors import BadRequest
 from app.jsonbody import load_object
 from app.multipart import Form
+from app.upstream import Body
 
 JSON = "application/json"
 
@@ -127,7 +128,7 @@ class Operation:
     def validate(self, data: dict[str, Any]) -> None:
         """Raise `BadRequest` for a body this operation cannot send upstream."""
 
-    def rewrite(self, parsed: Parsed, deployment: str, reasoning: bool) -> bytes:
+    def rewrite(self, parsed: Parsed, deployment: str, reasoning: bool) -> Body:
         out = dict(parsed.data)
         out["model"] = deployment
         return orjson.dumps(out)

@@ -23,9 +23,10 @@ from typing import Any
 from app import relay
 from app.errors import BadRequest
 from app.media_usage import event_usage
-from app.multipart import joined, read_form, with_model
+from app.multipart import read_form, with_model
 from app.operations.base import JSON, Operation, Parsed, Place
 from app.operations.responses import EventScan, event_type
+from app.upstream import Body
 
 MEDIA_API_VERSION = "2025-04-01-preview"
 V1_PREVIEW = "preview"
@@ -90,12 +91,12 @@ class FormOperation(MediaOperation):
         """Whether the answer is an event stream (``stream=true`` in the form)."""
         return str(data.get("stream", "")).lower() == "true"
 
-    def rewrite(self, parsed: Parsed, deployment: str, reasoning: bool) -> bytes:
+    def rewrite(self, parsed: Parsed, deployment: str, reasoning: bool) -> Body:
         # Both URL forms take a `model` field naming the deployment (the AzureOpenAI
-        # SDKs send one on legacy routes too): the upload as is when it already names
-        # it, else one joined copy per deployment tried.
+        # SDKs send one on legacy routes too): the upload as is, or its pieces around
+        # the new value (written one after the other, never joined into a copy).
         assert parsed.form is not None
-        return joined(with_model(parsed.form, deployment, add=True))
+        return with_model(parsed.form, deployment, add=True)
 
 
 class AudioScan(EventScan):
