@@ -15,7 +15,6 @@ every failover attempt re-sends it from there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
@@ -150,10 +149,3 @@ def with_model(form: Form, deployment: str, *, add: bool) -> tuple[Piece, ...]:
         b"" + name + b"\r\n"
     )
     return (part, form.body)  # python-multipart takes no preamble: the body opens with a part
-
-
-def joined(pieces: Sequence[Piece]) -> bytes:
-    """The pieces as one buffer (for a client that takes only bytes)."""
-    if len(pieces) == 1 and isinstance(pieces[0], bytes):
-        return pieces[0]
-    return b"".join(pieces)

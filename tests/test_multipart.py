@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from app.errors import BadRequest
-from app.multipart import joined, read_form, with_model
+from app.multipart import read_form, with_model
 from app.simulator.forms import parse_form
+from app.upstream import body_bytes
 
 AUDIO = b"RIFF" + bytes(range(256)) * 40 + b"\r\n--not-the-boundary\r\n"
 
@@ -33,7 +34,7 @@ def test_fields_files_and_model_rewrite_keep_the_upload_byte_for_byte() -> None:
     assert form.content_type == ctype
     pieces = with_model(form, "whisper-eu", add=True)
     assert all(isinstance(p, memoryview) for p in (pieces[0], pieces[-1]))  # no copy of the upload
-    sent = parse_form(joined(pieces), ctype.encode())
+    sent = parse_form(body_bytes(pieces), ctype.encode())
     assert sent is not None
     assert sent.fields == {"model": ["whisper-eu"], "response_format": ["srt"], "stream": ["false"]}
     assert sent.uploads("file")[0].data == AUDIO
@@ -51,7 +52,7 @@ def test_a_form_without_model_gets_one_only_when_asked(add: bool) -> None:
     form = read_form(body, ctype)
     assert form.model_span is None
     assert form.files == ["image[]", "image[]"]
-    out = joined(with_model(form, "gpt-image-1", add=add))
+    out = body_bytes(with_model(form, "gpt-image-1", add=add))
     if not add:
         assert out is body
         return

@@ -7,12 +7,12 @@ import httpx
 import pytest
 
 from app.errors import BadRequest
-from app.multipart import joined
 from app.operations import Place, route
 from app.operations.audio import SPEECH, TRANSCRIPTIONS, TRANSLATIONS
 from app.operations.images import EDITS, GENERATIONS
 from app.operations.media import AudioScan, legacy_version, media_url
 from app.simulator import speech, transcription
+from app.upstream import body_bytes
 
 
 def place(api: str, version: str = "2024-10-21") -> Place:
@@ -83,7 +83,7 @@ def test_an_upload_is_parsed_once_and_names_the_deployment_for_each_candidate() 
     assert TRANSCRIPTIONS.rewrite(parsed, "whisper", False) == (body,)  # named: as received
     pieces = TRANSCRIPTIONS.rewrite(parsed, "whisper-eu", False)
     assert isinstance(pieces, tuple) and isinstance(pieces[0], memoryview)  # no copy
-    other = joined(pieces)
+    other = body_bytes(pieces)
     assert b'name="model"\r\n\r\nwhisper-eu\r\n' in other and other.endswith(
         body[body.index(b"\r\n--") :]
     )
@@ -91,7 +91,7 @@ def test_an_upload_is_parsed_once_and_names_the_deployment_for_each_candidate() 
     body, ctype = upload({"prompt": "blue"}, {"image": ("a.png", b"\x89PNG", "image/png")})
     parsed = EDITS.parse(body, "gpt-image-1", ctype)
     assert parsed.model == "gpt-image-1" and not parsed.stream
-    assert joined(EDITS.rewrite(parsed, "gpt-image-1", False)).startswith(b"--")
+    assert body_bytes(EDITS.rewrite(parsed, "gpt-image-1", False)).startswith(b"--")
 
 
 @pytest.mark.parametrize(
