@@ -284,6 +284,29 @@ class _Fixed:
         return self.url, self.body
 
 
+async def _connect(
+    gw: Gateway,
+    ordered: list[Target],
+    recovers: float | None,
+    call: _Create | _Fixed,
+    rec: Record,
+    buffer: bool,
+) -> Response:
+    services = gw.services
+    return await connect(
+        services.upstream,
+        services.state,
+        gw.policy,
+        ordered,
+        recovers,
+        call,
+        services.metrics,
+        rec.trace,
+        buffer=buffer,
+        attempt_log=services.attempt_log,
+    )
+
+
 async def _create(
     gw: Gateway,
     route: Route,
@@ -322,18 +345,8 @@ async def _create(
             targets = on_resource(targets, owner, pinned, model)
     ordered, recovers = order(targets, services.state.cooling_until, now, gw.rng)
     try:
-        resp = await connect(
-            services.upstream,
-            services.state,
-            gw.policy,
-            ordered,
-            recovers,
-            _Create(op, parsed),
-            services.metrics,
-            rec.trace,
-            buffer=not parsed.stream,  # a whole body can still fail over until it is complete
-            attempt_log=services.attempt_log,
-        )
+        # a whole body can still fail over until it is complete
+        resp = await _connect(gw, ordered, recovers, _Create(op, parsed), rec, not parsed.stream)
     except GatewayError as exc:
         if pinned is None:
             raise
@@ -381,18 +394,8 @@ async def _stored(
     body = b"{}" if method == "POST" else b""
     ordered, recovers = order((target,), services.state.cooling_until, now, gw.rng)
     try:
-        resp = await connect(
-            services.upstream,
-            services.state,
-            gw.policy,
-            ordered,
-            recovers,
-            _Fixed(route.op.name, method, url, body),
-            services.metrics,
-            rec.trace,
-            buffer=not stream,
-            attempt_log=services.attempt_log,
-        )
+        call = _Fixed(route.op.name, method, url, body)
+        resp = await _connect(gw, ordered, recovers, call, rec, not stream)
     except GatewayError as exc:
         raise _unavailable(gw, response_id, target, exc) from None
     try:
