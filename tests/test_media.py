@@ -87,7 +87,7 @@ def gw(
             "slowtts": {"endpoint": slow_sim.url, "keys": list(SIM_KEYS), "api": "v1"},
         },
         "models": models,
-        "routing": {"first_byte_timeout": 10, "cooldown": 1},
+        "routing": {"first_byte_timeout": 2, "cooldown": 1},
     }
     g = launch_gateway(tmp_path_factory.mktemp("media"), 0, config)
     yield g
@@ -307,6 +307,24 @@ def test_speech_streamed_to_a_file(gw: Gateway, sim: dict[str, Sim], tmp_path: P
     after = usage(gw)["tts"]
     assert after["characters"] - before.get("characters", 0) == len(text)
     assert after["cost_usd"] - before.get("cost_usd", 0) == pytest.approx(len(text) * 15e-6)
+
+
+def test_speech_fails_over_from_a_region_that_never_answers(
+    gw: Gateway, sim: dict[str, Sim]
+) -> None:
+    sim["sweden"].fault("hang", deployment="tts", count=1)
+    started = time.monotonic()
+    r = httpx.post(
+        gw.base_url + "/audio/speech",
+        headers=gw.headers(),
+        json={"model": "tts", "voice": "alloy", "input": "are you there", "response_format": "wav"},
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.content.startswith(b"RIFF")
+    assert 2 <= time.monotonic() - started < 10  # routing.first_byte_timeout, then eastus
+    hits = served(sim, "/audio/speech")
+    assert len(hits["sweden"]) == 1 and len(hits["eastus"]) == 1
+    wait_cool()
 
 
 def test_speech_bytes_arrive_as_they_are_made(gw: Gateway) -> None:
