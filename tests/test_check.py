@@ -10,6 +10,7 @@ import pytest
 
 from app.check import warnings
 from app.config import validate
+from app.operations import OPERATIONS
 from tests.test_cli import rows, run
 
 PORTAL = "https://x.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
@@ -52,7 +53,7 @@ def test_pasted_portal_urls_give_the_exact_upstream_url_and_say_what_they_held(
     assert result.returncode == 0, result.stderr
     by_operation = {r["OPERATION"]: r["URL"] for r in rows(result.stdout)}
     assert by_operation["chat"] == url
-    assert set(by_operation) == {"chat", "responses", "embeddings"}  # every operation served
+    assert set(by_operation) == {op.name for op in OPERATIONS}  # every operation served
     assert by_operation["embeddings"] == url.replace("chat/completions", "embeddings")
     (note,) = [ln for ln in result.stdout.splitlines() if ln.startswith("note: ")]
     for part in said:
