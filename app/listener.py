@@ -98,6 +98,54 @@ class _HeadTooLarge(Exception):
     """Raised from the parser's callback to stop parsing a head over the limit."""
 
 
+class OneWrite:
+    """The connection's transport as uvicorn sees it: a response head is held until its
+    first body bytes, so a whole small answer leaves in one write(2) (uvicorn writes head
+    and body separately; on loopback each write also pays the receiver's TCP work). A
+    head with nothing after it in the same loop turn (a stream waiting for its first
+    event, HEAD, 100 Continue) goes out on the next turn; `close`/`write_eof` flush
+    first. Everything else is the transport's own."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data[:9] == b"HTTP/1.1 ":  # a response head (uvicorn writes one whole)
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:  # per request: not through __getattr__
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GatewayProtocol(HttpToolsProtocol):
     def __init__(
         self,
@@ -120,7 +168,7 @@ class GatewayProtocol(HttpToolsProtocol):
 
     # connection --------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(OneWrite(transport, self.loop))  # type: ignore[arg-type]
         self._arm(self.limits.head_timeout)  # also a connection that never sends a byte
 
     def connection_lost(self, exc: Exception | None) -> None:
