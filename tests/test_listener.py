@@ -7,6 +7,7 @@ limits (1 s timeouts, 8 KiB heads) so each case takes about a second.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import openai
 import orjson
 import pytest
 
-from app.listener import LINGER
+from app.listener import LINGER, OneWrite
 from tests.conftest import GATEWAY_KEY, Gateway, Sim, base_config, launch_gateway, start_sim, stop
 from tests.test_callers import chat_head, read_all, rss_kib
 
@@ -201,3 +202,72 @@ def test_over_max_connections_is_an_openai_shaped_503(gw: Gateway) -> None:
     assert r.headers["retry-after"] == "1"
     time.sleep(0.2)
     assert httpx.get(gw.url + "/healthz").status_code == 200
+
+
+class _Transport:
+    """Records what reaches the socket, one entry per write(2)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.events: list[str] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write_eof(self) -> None:
+        self.events.append("eof")
+
+    def close(self) -> None:
+        self.events.append("close")
+        self.closing = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+@pytest.mark.anyio
+async def test_one_write_sends_a_head_with_its_body_in_one_write() -> None:
+    raw = _Transport()
+    out = OneWrite(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    out.write(HEAD)
+    assert raw.writes == []  # held for the body
+    out.write(b"{}")
+    assert raw.writes == [HEAD + b"{}"]
+    out.write(b"more")  # not a head: straight through
+    assert raw.writes == [HEAD + b"{}", b"more"]
+    assert out.get_extra_info("peername") == "info:peername"  # the rest is the transport's
+    await asyncio.sleep(0)  # the scheduled flush finds nothing held
+    assert raw.writes == [HEAD + b"{}", b"more"]
+
+
+@pytest.mark.anyio
+async def test_one_write_sends_a_lone_head_on_the_next_loop_turn() -> None:
+    raw = _Transport()
+    out = OneWrite(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    out.write(HEAD)  # a stream waiting for its first event, or HEAD
+    await asyncio.sleep(0)
+    assert raw.writes == [HEAD]
+
+
+@pytest.mark.anyio
+async def test_one_write_flushes_before_close_and_eof() -> None:
+    loop = asyncio.get_running_loop()
+    raw = _Transport()
+    out = OneWrite(raw, loop)  # type: ignore[arg-type]
+    out.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n")
+    out.write_eof()
+    assert len(raw.writes) == 1 and raw.events == ["eof"]
+    raw = _Transport()
+    out = OneWrite(raw, loop)  # type: ignore[arg-type]
+    out.write(HEAD)
+    out.close()
+    assert raw.writes == [HEAD] and raw.events == ["close"]
+    await asyncio.sleep(0)
+    assert raw.writes == [HEAD]  # nothing twice
