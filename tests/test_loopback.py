@@ -81,6 +81,9 @@ def test_a_keyless_reload_on_a_public_listener_is_refused(
 def test_a_keyless_reload_is_refused_by_every_worker(sim: Any, start_gateway: Any) -> None:
     gw = start_gateway(base_config(sim), "--host", "0.0.0.0", "--workers", "2", wait=False)
     wait_http(gw.url + "/healthz", gw.proc)
+    # /healthz answers once one worker is up; a worker still starting when the file turns
+    # keyless would (rightly) refuse that configuration at its own start-up instead
+    assert wait_for(lambda: gw.logs().count("Application startup complete") >= 2, timeout=60)
     keyless(gw)
     gw.send_signal(signal.SIGHUP)  # uvicorn's supervisor starts new workers on it
     assert wait_for(lambda: "aborting the restart" in gw.logs(), timeout=60), gw.logs()
