@@ -104,7 +104,7 @@ class GatewaySettings(_Model):
     head_timeout: float = Field(default=10.0, gt=0)
     body_timeout: float = Field(default=60.0, gt=0)
     keep_alive_timeout: float = Field(default=5.0, gt=0)
-    max_connections: int = Field(default=1000, ge=1)
+    max_connections: int = Field(default=4096, ge=1)
     metrics_auth: bool = False  # /metrics needs an admin key (README, Security)
 
 

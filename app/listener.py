@@ -50,7 +50,7 @@ class Limits:
     body_timeout: float = 60.0
     keep_alive_timeout: float = 5.0
     max_head_bytes: int = 64 * 1024
-    max_connections: int = 1000
+    max_connections: int = 4096
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> Limits:
