@@ -23,7 +23,7 @@ MARK = "[redacted]"
 
 
 class Redactor:
-    __slots__ = ("_current", "_keys", "_texts")
+    __slots__ = ("_current", "_encoded", "_keys", "_seen", "_texts")
 
     def __init__(
         self, secrets: Iterable[str], current: Callable[[], tuple[str, ...]] | None = None
@@ -33,16 +33,26 @@ class Redactor:
         texts = sorted({s for s in secrets if len(s) >= MIN_LENGTH}, key=len, reverse=True)
         self._texts = tuple(texts)
         self._keys = tuple(t.encode("utf-8") for t in texts)
+        self._seen: tuple[str, ...] = ()
+        self._encoded: tuple[bytes, ...] = ()
+
+    def _tokens(self) -> tuple[bytes, ...]:
+        """The current tokens, encoded once per refresh rather than once per relayed chunk."""
+        assert self._current is not None
+        current = self._current()
+        if current != self._seen:  # the same token objects compare by identity: cheap
+            self._seen = current
+            self._encoded = tuple(t.encode("utf-8") for t in current)
+        return self._encoded
 
     def bytes(self, data: bytes) -> bytes:
         for key in self._keys:
             if key in data:
                 data = data.replace(key, b"[redacted]")
         if self._current is not None:
-            for token in self._current():
-                encoded = token.encode("utf-8")
-                if encoded in data:
-                    data = data.replace(encoded, b"[redacted]")
+            for token in self._tokens():
+                if token in data:
+                    data = data.replace(token, b"[redacted]")
         return data
 
     def text(self, data: str) -> str:
