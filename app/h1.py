@@ -419,11 +419,6 @@ class H1Upstream:
             return conn
         return None
 
-    async def post(
-        self, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
-    ) -> Response:
-        return await self.request("POST", url, headers, body, timeout=timeout)
-
     async def request(
         self, method: str, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response:

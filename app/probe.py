@@ -149,7 +149,7 @@ async def _call(upstream: Upstream, p: Probe, timeouts: Timeouts) -> tuple[str, 
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeouts.connect + timeouts.read):
-            resp = await upstream.post(p.url, headers, body, timeout=timeouts)
+            resp = await upstream.request("POST", p.url, headers, body, timeout=timeouts)
             try:
                 data = await resp.read()
             finally:

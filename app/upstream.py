@@ -77,9 +77,6 @@ class Response(Protocol):
 
 
 class Upstream(Protocol):
-    async def post(
-        self, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
-    ) -> Response: ...
     async def request(
         self, method: str, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response:
@@ -220,11 +217,6 @@ class AiohttpUpstream:
             max_line_size=MAX_FIELD,
         )
 
-    async def post(
-        self, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
-    ) -> Response:
-        return await self.request("POST", url, headers, body, timeout=timeout)
-
     async def request(
         self, method: str, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
     ) -> Response:
@@ -293,11 +285,6 @@ class _HttpxResponse:
 class HttpxUpstream:
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client or httpx.AsyncClient()
-
-    async def post(
-        self, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts
-    ) -> Response:
-        return await self.request("POST", url, headers, body, timeout=timeout)
 
     async def request(
         self, method: str, url: str, headers: Mapping[str, str], body: Body, *, timeout: Timeouts

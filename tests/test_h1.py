@@ -203,7 +203,7 @@ async def call(
     timeout: Timeouts = T,
     headers: dict[str, str] | None = None,
 ) -> bytes:
-    resp = await up.post(url, headers or {"api-key": "k"}, body, timeout=timeout)
+    resp = await up.request("POST", url, headers or {"api-key": "k"}, body, timeout=timeout)
     try:
         return await resp.read()
     finally:
@@ -230,7 +230,7 @@ async def test_request_line_headers_and_body_on_the_wire(size: int) -> None:
     async with serve(keep_alive) as srv, client() as up:
         url = srv.url("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21&x=1")
         headers = {"api-key": "secret", "content-type": "application/json"}
-        resp = await up.post(url, headers, body, timeout=T)
+        resp = await up.request("POST", url, headers, body, timeout=T)
         assert resp.status == 200
         await resp.aclose()
     [req] = srv.peers[0].requests
@@ -283,7 +283,7 @@ async def test_content_length_response_status_headers_and_body(status: int) -> N
         await hold(peer)
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         assert resp.status == status
         assert resp.headers["x-request-id"] == "abc"
         assert resp.headers["content-type"] == "application/json"
@@ -313,7 +313,7 @@ async def test_chunked_body_split_across_writes(piece: int, mode: str) -> None:
         await hold(peer)
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         assert resp.status == 200
         assert resp.headers["transfer-encoding"] == "chunked"
         assert resp.headers["content-type"] == "text/event-stream"
@@ -342,7 +342,7 @@ async def test_chunks_are_yielded_as_they_arrive() -> None:
         await hold(peer)
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         stream = resp.chunks()
         assert await anext(stream) == b"first"
         proceed.set()
@@ -361,7 +361,7 @@ async def test_body_delimited_by_close_completes_at_eof(version: str, mode: str)
         peer.writer.close()
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         if mode == "read":
             body = await resp.read()
         else:
@@ -380,7 +380,7 @@ async def test_body_delimited_by_close_cut_by_the_client_is_not_complete() -> No
 
     async with serve(handler) as srv:
         up = H1Upstream()
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         reading = asyncio.create_task(resp.read())
         await eventually(lambda: conn_of(resp).waiter is not None)  # the part is taken
         await up.aclose()  # our own close is not the server's end of the body
@@ -398,7 +398,7 @@ async def test_informational_responses_are_skipped() -> None:
         await keep_alive(peer)
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         assert resp.status == 201
         assert resp.headers["x-final"] == "yes"
         assert "link" not in resp.headers
@@ -420,7 +420,7 @@ async def test_keep_alive_reuses_one_connection(mode: str) -> None:
 
     async with serve(handler) as srv, client() as up:
         for path in ("/a", "/b", "/c"):
-            resp = await up.post(srv.url(path), {}, b"{}", timeout=T)
+            resp = await up.request("POST", srv.url(path), {}, b"{}", timeout=T)
             if mode == "read":
                 body = await resp.read()
             else:
@@ -557,7 +557,7 @@ async def test_fresh_connection_closed_before_responding_is_connect_failed() -> 
 
     async with serve(handler) as srv, client() as up:
         with pytest.raises(ConnectFailed):
-            await up.post(srv.url(), {}, b"{}", timeout=T)
+            await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         assert pooled(up) == 0
         assert not up._busy
     assert len(srv.peers) == 1  # a fresh connection is not retried
@@ -576,7 +576,7 @@ async def test_aclose_twice_pools_the_connection_once() -> None:
             await peer.send(response(body=req.line.encode()))
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url("/a"), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url("/a"), {}, b"{}", timeout=T)
         assert await resp.read() == b"POST /a HTTP/1.1"
         await resp.aclose()
         await resp.aclose()
@@ -631,7 +631,7 @@ async def test_refused_port_is_connect_failed_at_once() -> None:
     async with client() as up:
         started = time.monotonic()
         with pytest.raises(ConnectFailed, match="cannot connect"):
-            await up.post(f"http://127.0.0.1:{free_port()}/x", {}, b"{}", timeout=T)
+            await up.request("POST", f"http://127.0.0.1:{free_port()}/x", {}, b"{}", timeout=T)
         assert time.monotonic() - started < 2.0
 
 
@@ -649,7 +649,7 @@ async def test_connect_timeout_when_the_handshake_hangs() -> None:
             with pytest.raises(ConnectFailed, match="timed out"):
                 async with asyncio.timeout(5):  # a failure, not a hang, if the bound is lost
                     url = f"http://127.0.0.1:{port}/x"
-                    await up.post(url, {}, b"{}", timeout=Timeouts(0.3, 5))
+                    await up.request("POST", url, {}, b"{}", timeout=Timeouts(0.3, 5))
             assert 0.25 < time.monotonic() - started < 3.0
     finally:
         filler.close()
@@ -663,7 +663,7 @@ async def test_connect_timeout_covers_the_tls_handshake() -> None:
         started = time.monotonic()
         with pytest.raises(ConnectFailed, match="timed out"):
             async with asyncio.timeout(5):
-                await up.post(url, {}, b"{}", timeout=Timeouts(0.3, 5))
+                await up.request("POST", url, {}, b"{}", timeout=Timeouts(0.3, 5))
         assert time.monotonic() - started < 3.0
 
 
@@ -677,7 +677,7 @@ async def test_first_byte_timeout_closes_the_connection() -> None:
         started = time.monotonic()
         with pytest.raises(TimedOut):
             async with asyncio.timeout(5):
-                await up.post(srv.url(), {}, b"{}", timeout=Timeouts(5, 0.3))
+                await up.request("POST", srv.url(), {}, b"{}", timeout=Timeouts(5, 0.3))
         assert 0.25 < time.monotonic() - started < 3.0
         assert await srv.peers[0].client_closed()
         assert pooled(up) == 0
@@ -693,7 +693,7 @@ async def test_idle_timeout_mid_body_is_stream_broken_and_closes(mode: str) -> N
         await hold(peer)
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=Timeouts(5, 0.3))
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=Timeouts(5, 0.3))
         # read(): its total deadline (the same 0.3 s, counted from the call) comes first
         late = r"not complete within 0\.3s" if mode == "read" else r"no body bytes for 0\.3s"
         with pytest.raises(StreamBroken, match=late):
@@ -730,7 +730,7 @@ async def test_slow_steady_stream_is_not_cut_but_a_body_read_whole_has_a_total_d
 
     async with serve(handler) as srv, client() as up:
         started = time.monotonic()
-        resp = await up.post(srv.url(), {}, b"{}", timeout=Timeouts(5, 1.0))
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=Timeouts(5, 1.0))
         if mode == "read":
             with pytest.raises(StreamBroken, match="not complete within 1s"):
                 await resp.read()
@@ -763,7 +763,7 @@ async def test_drop_mid_body_is_stream_broken(framing: str, mode: str) -> None:
         peer.writer.close()
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         got = b""
         with pytest.raises(StreamBroken, match="closed by the upstream"):
             if mode == "read":
@@ -798,7 +798,7 @@ async def test_invalid_head_is_connect_failed(raw: bytes) -> None:
 
     async with serve(handler) as srv, client() as up:
         with pytest.raises(ConnectFailed):
-            await up.post(srv.url(), {}, b"{}", timeout=T)
+            await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         assert await srv.peers[0].client_closed()
         assert pooled(up) == 0
         assert not up._busy
@@ -815,7 +815,7 @@ async def test_invalid_chunk_framing_is_stream_broken(mode: str) -> None:
         await hold(peer)
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         with pytest.raises(StreamBroken, match="invalid HTTP"):
             if mode == "read":
                 await resp.read()
@@ -840,7 +840,7 @@ async def test_cancel_while_awaiting_headers_closes_the_connection() -> None:
         await hold(peer)
 
     async with serve(handler) as srv, client() as up:
-        task = asyncio.create_task(up.post(srv.url(), {}, b"{}", timeout=T))
+        task = asyncio.create_task(up.request("POST", srv.url(), {}, b"{}", timeout=T))
         await asyncio.wait_for(arrived.wait(), 5)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -859,7 +859,7 @@ async def test_cancel_while_awaiting_body_closes_the_connection(mode: str) -> No
         await hold(peer)
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         got: list[bytes] = []
 
         async def consume() -> None:
@@ -894,7 +894,7 @@ async def test_aclose_of_a_partly_read_response_closes_instead_of_pooling() -> N
         await hold(peer)
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         await anext(resp.chunks())
         await resp.aclose()
         assert await srv.peers[0].client_closed()
@@ -916,7 +916,7 @@ async def test_unread_complete_body_pools_a_working_connection(
         await keep_alive(peer, b"y" * 100)
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         conn = conn_of(resp)
         await eventually(lambda: conn.complete)
         assert conn.paused
@@ -938,7 +938,7 @@ async def test_client_aclose_closes_idle_and_busy_connections() -> None:
 
     async with serve(handler) as srv:
         up = H1Upstream()
-        busy = await up.post(srv.url(), {}, b"{}", timeout=T)
+        busy = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         assert await call(up, srv.url()) == b"done"
         assert pooled(up) == 1
         assert len(srv.peers) == 2
@@ -973,7 +973,7 @@ async def test_back_pressure_bounds_buffered_bytes(framing: str) -> None:
         await hold(peer)
 
     async with serve(handler) as srv, client() as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         conn = conn_of(resp)
         digest = hashlib.sha256()
         received = most = 0
@@ -1023,7 +1023,7 @@ async def test_tls_request_keep_alive_and_stream(ca: trustme.CA) -> None:
 
     async with serve(handler, server_ctx) as srv, client(client_ctx) as up:
         assert await call(up, srv.url(), b"abc") == b"cba"
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         assert b"".join([data async for data in resp.chunks()]) == b"".join(SSE)
         await resp.aclose()
         assert srv.peers[0].requests[0].headers["host"] == f"127.0.0.1:{srv.port}"
@@ -1055,7 +1055,7 @@ async def test_tls_back_pressure(ca: trustme.CA) -> None:
         await hold(peer)
 
     async with serve(handler, server_ctx) as srv, client(client_ctx) as up:
-        resp = await up.post(srv.url(), {}, b"{}", timeout=T)
+        resp = await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         conn = conn_of(resp)
         got = bytearray()
         most = 0
@@ -1076,7 +1076,7 @@ async def test_tls_failures_are_connect_failed(ca: trustme.CA, trust: str) -> No
         client_ctx = ssl.create_default_context()  # the system store knows nothing of our CA
     async with serve(keep_alive, server_ctx) as srv, client(client_ctx) as up:
         with pytest.raises(ConnectFailed, match="cannot connect"):
-            await up.post(srv.url(), {}, b"{}", timeout=T)
+            await up.request("POST", srv.url(), {}, b"{}", timeout=T)
         assert not up._busy
 
 
@@ -1096,14 +1096,14 @@ async def test_simulator_body_and_stream(sim: dict[str, Sim]) -> None:
     url = sim["eastus"].url + "/openai/v1/chat/completions"
     async with client() as up:
         for _ in range(2):
-            resp = await up.post(url, SIM_HEADERS, chat(), timeout=T)
+            resp = await up.request("POST", url, SIM_HEADERS, chat(), timeout=T)
             assert resp.status == 200
             assert resp.headers["content-type"] == "application/json"
             body = orjson.loads(await resp.read())
             assert body["choices"][0]["message"]["content"] == "You said: hello there"
             await resp.aclose()
 
-            resp = await up.post(url, SIM_HEADERS, chat(stream=True), timeout=T)
+            resp = await up.request("POST", url, SIM_HEADERS, chat(stream=True), timeout=T)
             assert resp.headers["content-type"].startswith("text/event-stream")
             text = b"".join([data async for data in resp.chunks()])
             await resp.aclose()
@@ -1140,34 +1140,34 @@ async def test_simulator_faults(sim: dict[str, Sim]) -> None:
     url = eastus.url + "/openai/v1/chat/completions"
     async with client() as up:
         eastus.fault("429", count=1, retry_after=3)
-        resp = await up.post(url, SIM_HEADERS, chat(), timeout=T)
+        resp = await up.request("POST", url, SIM_HEADERS, chat(), timeout=T)
         assert resp.status == 429
         assert resp.headers["retry-after"] == "3"
         assert b"rate limit" in await resp.read()
         await resp.aclose()
 
         eastus.fault("500", count=1)
-        resp = await up.post(url, SIM_HEADERS, chat(), timeout=T)
+        resp = await up.request("POST", url, SIM_HEADERS, chat(), timeout=T)
         assert resp.status == 500
         await resp.read()
         await resp.aclose()
 
         eastus.fault("drop", count=1, after_chunks=1)
-        resp = await up.post(url, SIM_HEADERS, chat(stream=True), timeout=T)
+        resp = await up.request("POST", url, SIM_HEADERS, chat(stream=True), timeout=T)
         with pytest.raises(StreamBroken):
             async for _ in resp.chunks():
                 pass
         await resp.aclose()
 
         eastus.fault("drop", count=1)
-        resp = await up.post(url, SIM_HEADERS, chat(), timeout=T)
+        resp = await up.request("POST", url, SIM_HEADERS, chat(), timeout=T)
         with pytest.raises(StreamBroken):
             await resp.read()
         await resp.aclose()
 
         eastus.fault("hang", count=1)
         with pytest.raises(TimedOut):
-            await up.post(url, SIM_HEADERS, chat(), timeout=Timeouts(5, 0.3))
+            await up.request("POST", url, SIM_HEADERS, chat(), timeout=Timeouts(5, 0.3))
 
         body = await call(up, url, chat(), headers=SIM_HEADERS)
         assert orjson.loads(body)["object"] == "chat.completion"

@@ -209,8 +209,12 @@ async def send_one(model: str, index: int, body: dict[str, Any]) -> httpx.Reques
             payload = rewrite_body(
                 body, deployment=target.deployment, reasoning=target.reasoning, want_usage=True
             )
-            resp = await upstream.post(
-                target.url, azure.request_headers(target.keys[0].value), payload, timeout=TIMEOUTS
+            resp = await upstream.request(
+                "POST",
+                target.url,
+                azure.request_headers(target.keys[0].value),
+                payload,
+                timeout=TIMEOUTS,
             )
             assert resp.status == 200
             assert orjson.loads(await resp.read()) == {"ok": True}

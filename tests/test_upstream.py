@@ -60,7 +60,7 @@ def answer(raw: bytes) -> Callable[[Peer], Any]:
 
 
 async def read(up: Upstream, url: str, timeout: Timeouts = T) -> bytes:
-    resp = await up.post(url, {"api-key": "k"}, b"{}", timeout=timeout)
+    resp = await up.request("POST", url, {"api-key": "k"}, b"{}", timeout=timeout)
     try:
         return await resp.read()
     finally:
@@ -80,7 +80,7 @@ async def test_a_redirect_is_returned_not_followed(make: Callable[[], Upstream])
     async with serve(answer(b"")) as target:
         moved = response(301, b"moved", (("Location", target.url()),), reason="Moved")
         async with serve(answer(moved)) as srv, client(make) as up:
-            resp = await up.post(srv.url(), {"api-key": "k"}, b"{}", timeout=T)
+            resp = await up.request("POST", srv.url(), {"api-key": "k"}, b"{}", timeout=T)
             assert resp.status == 301
             await resp.aclose()
         assert target.peers == []  # the api-key never went to the Location
